@@ -1,0 +1,1 @@
+"""Huren's core: app assembly, configuration, registry, federation, storage and policy."""

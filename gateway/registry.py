@@ -1,0 +1,320 @@
+"""The facility registry: every public facility of the city, loaded and validated at start-up.
+
+The data lives in ``seeds/facilities.json``; a file that does not validate is refused with a
+message naming the entry and the field, never half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from adapters.types import (
+    DicomWebEndpoint,
+    DimseEndpoint,
+    FhirEndpoint,
+    Hl7v2Feed,
+    ImagingEndpoint,
+    LabEndpoint,
+    NoImaging,
+    NoLab,
+)
+
+from .errors import RegistryError
+
+LEVELS = ("三级甲等", "三级乙等", "三级", "二级甲等", "二级乙等", "二级", "一级", "未定级")
+KINDS = (
+    "general",
+    "tcm",
+    "children",
+    "maternal_child",
+    "specialist",
+    "public_health",
+    "township",
+    "community",
+)
+DISTRICTS = ("天宁区", "钟楼区", "新北区", "武进区", "金坛区", "溧阳市", "经开区")
+ALLIANCE_KINDS = ("医联体", "医共体", "医疗集团")
+
+_ID = re.compile(r"^F\d{3}$")
+_ALLIANCE_ID = re.compile(r"^A\d{2}$")
+# DICOM AE titles: up to 16 characters, no backslash or control characters (PS3.5 6.2).
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Alliance:
+    id: str
+    name_zh: str
+    name_en: str
+    kind: str
+    lead: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facility:
+    id: str
+    name_zh: str
+    name_en: str
+    short_name_zh: str | None
+    level: str
+    kind: str
+    district: str
+    alliances: tuple[str, ...]
+    mrn_issuer: str  # DICOM IssuerOfPatientID of this facility's local MRNs
+    imaging: ImagingEndpoint
+    lab: LabEndpoint
+
+    @property
+    def mrn_system(self) -> str:
+        """The FHIR identifier system of this facility's local MRNs."""
+        return f"urn:huren:mrn:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    version: str
+    city: str
+    facilities: tuple[Facility, ...]
+    alliances: tuple[Alliance, ...]
+
+    def __iter__(self) -> Iterator[Facility]:
+        return iter(self.facilities)
+
+    def __len__(self) -> int:
+        return len(self.facilities)
+
+    def get(self, facility_id: str) -> Facility | None:
+        return self._by_id().get(facility_id)
+
+    def __getitem__(self, facility_id: str) -> Facility:
+        try:
+            return self._by_id()[facility_id]
+        except KeyError:
+            raise KeyError(f"no facility {facility_id!r} in the registry") from None
+
+    def _by_id(self) -> Mapping[str, Facility]:
+        # Frozen dataclass with slots: build the index on demand; 111 entries make this cheap.
+        return {f.id: f for f in self.facilities}
+
+    def by_issuer(self, issuer: str) -> Facility | None:
+        return next((f for f in self.facilities if f.mrn_issuer == issuer), None)
+
+
+def default_registry_path() -> Path:
+    return Path(str(resources.files("seeds").joinpath("facilities.json")))
+
+
+def load_registry(path: Path | str | None = None) -> Registry:
+    """Read and validate a registry file; raise `RegistryError` naming entry and field."""
+    path = Path(path) if path is not None else default_registry_path()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"file not found: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"{path} is not UTF-8 JSON: {exc}") from None
+    return parse_registry(raw)
+
+
+def parse_registry(raw: Any) -> Registry:
+    if not isinstance(raw, dict):
+        raise RegistryError("top level must be an object")
+    version = _text(raw, "version", None)
+    city = _text(raw, "city", None)
+    alliances = tuple(_alliance(a, i) for i, a in enumerate(_list(raw, "alliances", None)))
+    facilities = tuple(_facility(f, i) for i, f in enumerate(_list(raw, "facilities", None)))
+    _check_unique(facilities, alliances)
+    return Registry(version=version, city=city, facilities=facilities, alliances=alliances)
+
+
+def _alliance(raw: Any, index: int) -> Alliance:
+    entry = f"alliances[{index}]"
+    if not isinstance(raw, dict):
+        raise RegistryError("must be an object", entry=entry)
+    entry = str(raw.get("id", entry))
+    alliance = Alliance(
+        id=_match(raw, "id", entry, _ALLIANCE_ID, "like A01"),
+        name_zh=_text(raw, "name_zh", entry),
+        name_en=_text(raw, "name_en", entry),
+        kind=_choice(raw, "kind", entry, ALLIANCE_KINDS),
+        lead=_match(raw, "lead", entry, _ID, "a facility id like F001"),
+    )
+    return alliance
+
+
+def _facility(raw: Any, index: int) -> Facility:
+    entry = f"facilities[{index}]"
+    if not isinstance(raw, dict):
+        raise RegistryError("must be an object", entry=entry)
+    entry = str(raw.get("id", entry))
+    short = raw.get("short_name_zh")
+    if short is not None and not (isinstance(short, str) and short.strip()):
+        raise RegistryError(
+            "must be a non-empty string when present", entry=entry, field="short_name_zh"
+        )
+    alliances = _list(raw, "alliances", entry)
+    for a in alliances:
+        if not (isinstance(a, str) and _ALLIANCE_ID.match(a)):
+            raise RegistryError(
+                f"expected alliance ids like A01, got {a!r}", entry=entry, field="alliances"
+            )
+    return Facility(
+        id=_match(raw, "id", entry, _ID, "like F001"),
+        name_zh=_text(raw, "name_zh", entry),
+        name_en=_text(raw, "name_en", entry),
+        short_name_zh=short,
+        level=_choice(raw, "level", entry, LEVELS),
+        kind=_choice(raw, "kind", entry, KINDS),
+        district=_choice(raw, "district", entry, DISTRICTS),
+        alliances=tuple(alliances),
+        mrn_issuer=_text(raw, "mrn_issuer", entry, max_len=64),
+        imaging=_imaging(raw.get("imaging"), entry),
+        lab=_lab(raw.get("lab"), entry),
+    )
+
+
+def _imaging(raw: Any, entry: str) -> ImagingEndpoint:
+    kind = _system_kind(raw, entry, "imaging", ("dicomweb", "dimse", "none"))
+    if kind == "dicomweb":
+        return DicomWebEndpoint("dicomweb", _url(raw, entry, "imaging.url"))
+    if kind == "dimse":
+        port = raw.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise RegistryError(
+                f"expected a TCP port, got {port!r}", entry=entry, field="imaging.port"
+            )
+        return DimseEndpoint(
+            "dimse",
+            host=_text(raw, "host", entry, field="imaging.host"),
+            port=port,
+            ae_title=_match(
+                raw,
+                "ae_title",
+                entry,
+                _AE_TITLE,
+                "1-16 printable ASCII characters",
+                field="imaging.ae_title",
+            ),
+        )
+    return NoImaging("none")
+
+
+def _lab(raw: Any, entry: str) -> LabEndpoint:
+    kind = _system_kind(raw, entry, "lab", ("fhir", "hl7v2", "none"))
+    if kind == "fhir":
+        return FhirEndpoint("fhir", _url(raw, entry, "lab.url"))
+    if kind == "hl7v2":
+        return Hl7v2Feed(
+            "hl7v2",
+            sending_application=_text(
+                raw, "sending_application", entry, field="lab.sending_application"
+            ),
+            sending_facility=_text(raw, "sending_facility", entry, field="lab.sending_facility"),
+        )
+    return NoLab("none")
+
+
+def _system_kind(raw: Any, entry: str, name: str, kinds: tuple[str, ...]) -> str:
+    if not isinstance(raw, dict):
+        raise RegistryError(
+            f"expected an object with 'kind' one of {list(kinds)}, got {raw!r}",
+            entry=entry,
+            field=name,
+        )
+    return _choice(raw, "kind", entry, kinds, field=f"{name}.kind")
+
+
+def _url(raw: dict[str, Any], entry: str, field: str) -> str:
+    url = _text(raw, "url", entry, field=field)
+    if not url.startswith(("http://", "https://")):
+        raise RegistryError(f"expected an http(s) URL, got {url!r}", entry=entry, field=field)
+    return url.rstrip("/")
+
+
+def _text(
+    raw: dict[str, Any],
+    key: str,
+    entry: str | None,
+    *,
+    field: str | None = None,
+    max_len: int = 200,
+) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        raise RegistryError(
+            f"expected a non-empty string of at most {max_len} characters, got {value!r}",
+            entry=entry,
+            field=field or key,
+        )
+    return value
+
+
+def _list(raw: dict[str, Any], key: str, entry: str | None) -> list[Any]:
+    value = raw.get(key)
+    if not isinstance(value, list):
+        raise RegistryError(f"expected a list, got {value!r}", entry=entry, field=key)
+    return value
+
+
+def _choice(
+    raw: dict[str, Any], key: str, entry: str, choices: tuple[str, ...], *, field: str | None = None
+) -> str:
+    value = raw.get(key)
+    if value not in choices:
+        raise RegistryError(
+            f"expected one of {list(choices)}, got {value!r}", entry=entry, field=field or key
+        )
+    return str(value)
+
+
+def _match(
+    raw: dict[str, Any],
+    key: str,
+    entry: str,
+    pattern: re.Pattern[str],
+    expected: str,
+    *,
+    field: str | None = None,
+) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not pattern.match(value):
+        raise RegistryError(f"expected {expected}, got {value!r}", entry=entry, field=field or key)
+    return value
+
+
+def _check_unique(facilities: tuple[Facility, ...], alliances: tuple[Alliance, ...]) -> None:
+    seen: dict[str, str] = {}
+    for f in facilities:
+        for field, value in (("id", f.id), ("mrn_issuer", f.mrn_issuer), ("name_zh", f.name_zh)):
+            key = f"{field}={value}"
+            if key in seen:
+                raise RegistryError(
+                    f"{value!r} is already used by {seen[key]}", entry=f.id, field=field
+                )
+            seen[key] = f.id
+    endpoints: dict[tuple[str, int], str] = {}
+    for f in facilities:
+        if isinstance(f.imaging, DimseEndpoint):
+            where = (f.imaging.host, f.imaging.port)
+            if where in endpoints:
+                raise RegistryError(
+                    f"DIMSE port {where} is already used by {endpoints[where]}",
+                    entry=f.id,
+                    field="imaging.port",
+                )
+            endpoints[where] = f.id
+    alliance_ids = {a.id for a in alliances}
+    facility_ids = {f.id for f in facilities}
+    for a in alliances:
+        if a.lead not in facility_ids:
+            raise RegistryError(f"lead {a.lead!r} is not a facility", entry=a.id, field="lead")
+    for f in facilities:
+        for a_id in f.alliances:
+            if a_id not in alliance_ids:
+                raise RegistryError(f"unknown alliance {a_id!r}", entry=f.id, field="alliances")
