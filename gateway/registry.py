@@ -160,7 +160,7 @@ def _facility(raw: Any, index: int) -> Facility:
         )
     alliances = _list(raw, "alliances", entry)
     for a in alliances:
-        if not (isinstance(a, str) and _ALLIANCE_ID.match(a)):
+        if not (isinstance(a, str) and _ALLIANCE_ID.fullmatch(a)):
             raise RegistryError(
                 f"expected alliance ids like A01, got {a!r}", entry=entry, field="alliances"
             )
@@ -283,7 +283,8 @@ def _match(
     field: str | None = None,
 ) -> str:
     value = raw.get(key)
-    if not isinstance(value, str) or not pattern.match(value):
+    # fullmatch: with match(), "$" also accepts a trailing newline ("F001\n").
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise RegistryError(f"expected {expected}, got {value!r}", entry=entry, field=field or key)
     return value
 
@@ -309,7 +310,13 @@ def _check_unique(facilities: tuple[Facility, ...], alliances: tuple[Alliance, .
                     field="imaging.port",
                 )
             endpoints[where] = f.id
-    alliance_ids = {a.id for a in alliances}
+    alliance_ids: set[str] = set()
+    for a in alliances:
+        if a.id in alliance_ids:
+            raise RegistryError(
+                f"{a.id!r} is already used by another alliance", entry=a.id, field="id"
+            )
+        alliance_ids.add(a.id)
     facility_ids = {f.id for f in facilities}
     for a in alliances:
         if a.lead not in facility_ids:

@@ -1,0 +1,81 @@
+"""The gateway's own archive: instances of facilities without a PACS, content-addressed.
+
+Layout under its root: ``objects/ab/<sha256>.dcm`` holds each instance once, whoever sent it;
+``refs/<facility_id>.log`` lists, one per line, the digests a facility holds. Appending a line
+is the commit point, so a crash mid-write leaves at worst an unreferenced object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from concurrent.futures import Executor
+from pathlib import Path
+
+from .dicom_index import DicomIndex
+from .types import DicomJson, StudyQuery
+
+
+class Archive:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._indexes: dict[str, DicomIndex] = {}
+        self._held: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def open(self) -> Archive:
+        """Build the indexes from disk (blocking: call it in a thread)."""
+        (self.root / "objects").mkdir(parents=True, exist_ok=True)
+        (self.root / "refs").mkdir(parents=True, exist_ok=True)
+        for log in sorted((self.root / "refs").glob("*.log")):
+            fid = log.stem
+            for digest in log.read_text().split():
+                if digest not in self._held.setdefault(fid, set()):
+                    self._held[fid].add(digest)
+                    self.index(fid).add_file(self._object_path(digest))
+        return self
+
+    def index(self, facility_id: str) -> DicomIndex:
+        with self._lock:
+            return self._indexes.setdefault(facility_id, DicomIndex())
+
+    def ingest(self, facility_id: str, data: bytes) -> str:
+        """Store one Part 10 instance for a facility (blocking); return its digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._object_path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        with self._lock:
+            held = self._held.setdefault(facility_id, set())
+            if digest in held:
+                return digest
+            held.add(digest)
+            with open(self.root / "refs" / f"{facility_id}.log", "a") as log:
+                log.write(digest + "\n")
+        self.index(facility_id).add_file(path)
+        return digest
+
+    def _object_path(self, digest: str) -> Path:
+        return self.root / "objects" / digest[:2] / f"{digest}.dcm"
+
+
+class ArchiveImaging:
+    """One facility's view of the gateway archive, with the same face as a remote PACS."""
+
+    def __init__(self, archive: Archive, facility_id: str, executor: Executor) -> None:
+        self.index = archive.index(facility_id)
+        self.executor = executor
+
+    async def ping(self) -> None:
+        return None
+
+    async def search_studies(self, query: StudyQuery) -> list[DicomJson]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, lambda: self.index.search_studies(query.match, limit=query.limit)
+        )

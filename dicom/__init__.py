@@ -1,0 +1,1 @@
+"""The DICOM face: DICOMweb routes and DIMSE SCP, translating to the core."""

@@ -1,0 +1,1 @@
+"""The city as data: facility registry, seed generator, and the simulated facilities."""
