@@ -1,0 +1,102 @@
+"""QIDO-RS (PS3.18 10.6) over the federation: /dicomweb and /facilities/{id}/dicomweb."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+from gateway.federation import FederatedResult, OutcomeStatus
+from gateway.registry import Registry
+from gateway.web import CORE
+
+from .errors import dicom_error
+
+DICOM_JSON = "application/dicom+json"
+#: Largest page one QIDO request may ask for; a federated search is not a bulk export.
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 200
+_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+# Private block naming the facility that holds a result; viewers ignore it safely (PS3.5 7.8).
+PRIVATE_CREATOR = "HUREN"
+_CREATOR_TAG, _FACILITY_TAG = "00110010", "00111001"
+
+
+def parse_match(query: Any) -> tuple[dict[str, str], int, int]:
+    """QIDO query parameters -> (keyword -> value, limit, offset); raise 400 on bad input."""
+    match: dict[str, str] = {}
+    for key, value in query.items():
+        if key in _CONTROL:
+            continue
+        keyword = _keyword(key)
+        if keyword is None:
+            raise dicom_error(400, f"unknown or unsupported query attribute {key!r}")
+        match[keyword] = value
+    try:
+        limit = int(query.get("limit", DEFAULT_LIMIT))
+        offset = int(query.get("offset", 0))
+    except ValueError:
+        raise dicom_error(400, "limit and offset must be integers") from None
+    if not (0 < limit <= MAX_LIMIT) or offset < 0:
+        raise dicom_error(400, f"limit must be 1..{MAX_LIMIT} and offset at least 0")
+    return match, limit, offset
+
+
+def _keyword(key: str) -> str | None:
+    if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
+        return keyword_for_tag(int(key, 16)) or None
+    return key if tag_for_keyword(key) is not None else None
+
+
+async def search_studies(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    match, limit, offset = parse_match(request.query)
+    facility_id = request.match_info.get("facility")
+    if facility_id is not None and core.registry.get(facility_id) is None:
+        raise dicom_error(404, f"no facility {facility_id}")
+    result = await core.imaging.search_studies(
+        match,
+        facility_ids=None if facility_id is None else [facility_id],
+        limit=offset + limit,
+    )
+    base = f"{request.scheme}://{request.host}"
+    datasets = [_annotate(ds, fid, core.registry, base) for fid, ds in result.items]
+    return _federated_response(result, datasets[offset : offset + limit])
+
+
+def _annotate(ds: dict[str, Any], fid: str, registry: Registry, base: str) -> dict[str, Any]:
+    out = dict(ds)
+    uid = (out.get("0020000D") or {}).get("Value", [""])[0]
+    out["00081190"] = {"vr": "UR", "Value": [f"{base}/facilities/{fid}/dicomweb/studies/{uid}"]}
+    if not out.get("00080080", {}).get("Value"):
+        out["00080080"] = {"vr": "LO", "Value": [registry[fid].name_zh]}
+    out[_CREATOR_TAG] = {"vr": "LO", "Value": [PRIVATE_CREATOR]}
+    out[_FACILITY_TAG] = {"vr": "LO", "Value": [fid]}
+    return dict(sorted(out.items()))
+
+
+def _federated_response(
+    result: FederatedResult[Any], datasets: list[dict[str, Any]]
+) -> web.Response:
+    headers: dict[str, str] = {}
+    failures = result.failures
+    if failures:
+        asked = len(result.outcomes)
+        names = ", ".join(f"{o.facility_id} ({o.status.value})" for o in failures[:20])
+        more = "" if len(failures) <= 20 else f" and {len(failures) - 20} more"
+        # PS3.18 8.3.3.1 / RFC 7234 5.5: 299 "miscellaneous persistent warning" for partial results.
+        headers["Warning"] = (
+            f'299 HUREN "{len(failures)} of {asked} facilities did not answer: {names}{more}"'
+        )
+        headers["Huren-Federation"] = json.dumps(
+            [o.as_json() for o in failures], ensure_ascii=True, separators=(",", ":")
+        )
+        if all(o.status is not OutcomeStatus.OK for o in result.outcomes.values()):
+            raise dicom_error(502, "no facility answered", headers=headers)
+    return web.Response(
+        body=json.dumps(datasets, ensure_ascii=False).encode(),
+        content_type=DICOM_JSON,
+        headers=headers,
+    )

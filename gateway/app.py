@@ -1,0 +1,51 @@
+"""Assembly: the one place the faces are wired to the core (DESIGN.md, rules of the house)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import dicom.routes
+
+from .config import Settings
+from .core import open_core
+from .metrics import REGISTRY
+from .web import CORE, observe
+
+
+def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
+    app = web.Application(middlewares=[observe], client_max_size=64 * 1024**2)
+
+    async def core_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_core(settings, probe=probe) as core:
+            app[CORE] = core
+            yield
+
+    app.cleanup_ctx.append(core_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    dicom.routes.setup(app)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Says nothing of the facilities (that is /readyz)."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Each facility's reachability from the latest background probe (contract table)."""
+    return web.json_response(request.app[CORE].prober.report(), dumps=_dumps)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False)

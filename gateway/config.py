@@ -1,0 +1,108 @@
+"""Settings, from (lowest to highest precedence) defaults, a TOML file, HUREN_* env, flags.
+
+Each setting's default sits next to it with the reason; `Settings.load` is the one place
+that knows the sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    #: Where seed data, the SQLite file, the archive and demo keys live.
+    data_dir: Path = Path("huren-data")
+    host: str = "127.0.0.1"
+    #: HTTP port: DICOMweb, FHIR, portal, admin (DESIGN.md contract table).
+    port: int = 8080
+    #: DIMSE SCP port, AE title HUREN.
+    dimse_port: int = 11112
+    ae_title: str = "HUREN"
+    #: None: SQLite file in the data dir. Else a PostgreSQL URL.
+    database_url: str | None = None
+    #: None: in-process cache. Else a redis:// URL shared by every gateway process.
+    redis_url: str | None = None
+    #: None: the registry shipped in seeds/.
+    registry_path: Path | None = None
+    #: Seconds one federated query may take, all facilities together; answers after this
+    #: are dropped and the facility reported as timed out.
+    federation_deadline: float = 2.0
+    #: Upstream calls in flight at once across all facilities.
+    federation_concurrency: int = 64
+    #: Consecutive failures that open a facility's breaker, and seconds before one trial.
+    breaker_failures: int = 3
+    breaker_reset: float = 15.0
+    #: Threads for pynetdicom calls and pixel/file work, off the event loop.
+    worker_threads: int = 32
+    #: Seconds between background reachability probes of every facility (/readyz).
+    probe_interval: float = 30.0
+    log_level: str = "INFO"
+    #: "json" (structured, for machines) or "text" (for people at a terminal).
+    log_format: str = "json"
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config_file = config_file or (
+            Path(env["HUREN_CONFIG"]) if env.get("HUREN_CONFIG") else None
+        )
+        if config_file is not None:
+            values.update(_from_file(config_file))
+        for f in fields(cls):
+            key = f"HUREN_{f.name.upper()}"
+            if env.get(key):
+                values[f.name] = env[key]
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**{name: _coerce(name, value) for name, value in values.items()})
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    section = data.get("huren", data)
+    unknown = sorted(set(section) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown settings {unknown}")
+    return dict(section)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name not in _TYPES:
+        raise ConfigError(f"unknown setting {name!r}")
+    kind = str(_TYPES[name])
+    try:
+        if "Path" in kind:
+            return None if value in (None, "") else Path(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r} expects {kind}, got {value!r}") from None
+    return value if value is None else str(value)

@@ -1,0 +1,100 @@
+"""The core's parts, opened together and closed in reverse: what every face works through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import aiohttp
+
+from adapters.archive import Archive
+
+from .cache import Cache, open_cache
+from .config import Settings
+from .federation import Federation, FederationPolicy
+from .imaging import ImagingService
+from .readiness import Prober
+from .registry import Registry, load_registry
+from .storage import Store, database_url_for
+from .upstreams import Upstreams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Core:
+    settings: Settings
+    registry: Registry
+    store: Store
+    cache: Cache
+    archive: Archive
+    federation: Federation
+    upstreams: Upstreams
+    imaging: ImagingService
+    prober: Prober
+    executor: ThreadPoolExecutor
+
+
+@contextlib.asynccontextmanager
+async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[Core]:
+    registry = await asyncio.to_thread(load_registry, settings.registry_path)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="huren-worker")
+    store = await Store.open(database_url_for(settings.data_dir, settings.database_url))
+    cache = await open_cache(settings.redis_url)
+    archive = await asyncio.to_thread(Archive(settings.data_dir / "archive").open)
+    # One client session for every HTTP upstream; a per-request timeout under the
+    # federation's deadline, and a pool wide enough for a fan-out to every facility at once.
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=max(settings.federation_deadline * 2, 10)),
+        connector=aiohttp.TCPConnector(limit=512, limit_per_host=16, ttl_dns_cache=300),
+    )
+    federation = Federation(
+        FederationPolicy(
+            deadline=settings.federation_deadline,
+            concurrency=settings.federation_concurrency,
+            failure_threshold=settings.breaker_failures,
+            reset_after=settings.breaker_reset,
+        )
+    )
+    upstreams = Upstreams(
+        registry,
+        session,
+        executor,
+        archive,
+        ae_title=settings.ae_title,
+        dimse_timeout=max(settings.federation_deadline * 2, 5),
+    )
+    prober = Prober(registry, upstreams)
+    core = Core(
+        settings=settings,
+        registry=registry,
+        store=store,
+        cache=cache,
+        archive=archive,
+        federation=federation,
+        upstreams=upstreams,
+        imaging=ImagingService(registry, federation, upstreams, store),
+        prober=prober,
+        executor=executor,
+    )
+    probing: asyncio.Task[None] | None = None
+    try:
+        if probe:
+            await prober.probe()
+            probing = asyncio.create_task(prober.run(settings.probe_interval))
+        yield core
+    finally:
+        if probing is not None:
+            probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probing
+        await session.close()
+        await asyncio.to_thread(upstreams.close)
+        await cache.close()
+        await store.close()
+        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,498 @@
+"""The durable store: identity cross-references (the MPI) and the lab result index.
+
+One code path for both back ends through SQLAlchemy Core async: a SQLite file in the data dir
+by default, PostgreSQL at scale (DESIGN.md, Storage). Timestamps are stored in UTC and always
+come back timezone-aware, whichever back end holds them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    UniqueConstraint,
+    and_,
+    event,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from .errors import ConfigError, GatewayError
+
+__all__ = [
+    "Identifier",
+    "IdentityConflict",
+    "LabResult",
+    "Store",
+    "database_url_for",
+    "lab_result",
+    "metadata",
+    "patient_identity",
+]
+
+DATABASE_FILE: Final = "huren.db"  # name of the SQLite file inside the data dir
+SQLITE_BUSY_TIMEOUT_MS: Final = 5_000  # how long a writer waits for SQLite's single write lock
+# Rows per INSERT: 500 rows x 11 columns stays under both SQLite's 32,766 and PostgreSQL's
+# 32,767 bind parameters per statement.
+_INSERT_CHUNK: Final = 500
+
+ResourceType = Literal["Observation", "DiagnosticReport"]
+RESOURCE_TYPES: Final[tuple[ResourceType, ...]] = ("Observation", "DiagnosticReport")
+
+
+class IdentityConflict(GatewayError, ValueError):
+    """An identifier is already linked to another person; the existing link is kept."""
+
+    def __init__(self, system: str, value: str, *, linked_to: str, attempted: str) -> None:
+        super().__init__(
+            f"identifier {system}|{value} is linked to person {linked_to!r}; "
+            f"refusing to re-link it to {attempted!r}"
+        )
+        self.system = system
+        self.value = value
+        self.linked_to = linked_to
+        self.attempted = attempted
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(system={self.system!r}, value={self.value!r}, "
+            f"linked_to={self.linked_to!r}, attempted={self.attempted!r})"
+        )
+
+
+class _UtcDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that refuses naive values and always returns UTC.
+
+    SQLite has no time zone type and drops the offset, so values are normalised to UTC on the
+    way in (which also keeps its text comparison in time order) and marked UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"expected a timezone-aware datetime (got naive {value!r})")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+patient_identity = Table(
+    "patient_identity",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("person_key", String(64), nullable=False),  # the national ID number
+    Column("system", String(255), nullable=False),
+    Column("value", String(255), nullable=False),
+    Column("facility_id", String(16), nullable=True),
+    Column("source", String(255), nullable=False),  # where the link was learned
+    Column("learned_at", _UtcDateTime(), nullable=False),
+    UniqueConstraint("system", "value", name="uq_patient_identity_system_value"),
+    Index("ix_patient_identity_person_key", "person_key"),
+)
+
+lab_result = Table(
+    "lab_result",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("facility_id", String(16), nullable=False),
+    Column("person_key", String(64), nullable=True),  # null until the patient is linked
+    Column("patient_system", String(255), nullable=False),
+    Column("patient_value", String(255), nullable=False),
+    Column("resource_type", String(32), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+    Column("code", String(64), nullable=True),
+    Column("effective", _UtcDateTime(), nullable=True),
+    Column("resource", JSON, nullable=False),
+    Column("source_message_id", String(255), nullable=True),
+    Column("received_at", _UtcDateTime(), nullable=False),
+    UniqueConstraint(
+        "facility_id", "resource_type", "resource_id", name="uq_lab_result_facility_resource"
+    ),
+    Index("ix_lab_result_person_key", "person_key"),
+    Index("ix_lab_result_patient", "patient_system", "patient_value"),
+    Index("ix_lab_result_code", "code"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """One identifier of a person, as the MPI knows it."""
+
+    system: str
+    value: str
+    facility_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    """One FHIR ``Observation`` or ``DiagnosticReport`` to index, with its search keys."""
+
+    facility_id: str
+    patient_system: str
+    patient_value: str
+    resource_type: ResourceType
+    resource_id: str
+    resource: Mapping[str, Any]
+    person_key: str | None = None
+    code: str | None = None
+    effective: datetime | None = None
+    source_message_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Checked at construction, so a bad row never reaches a half-done batch.
+        if self.resource_type not in RESOURCE_TYPES:
+            raise ValueError(
+                f"resource_type must be one of {RESOURCE_TYPES} (got {self.resource_type!r})"
+            )
+        declared = self.resource.get("resourceType")
+        if declared is not None and declared != self.resource_type:
+            raise ValueError(
+                f"resource declares resourceType {declared!r} but the row says "
+                f"{self.resource_type!r}"
+            )
+        declared_id = self.resource.get("id")
+        if declared_id is not None and declared_id != self.resource_id:
+            raise ValueError(
+                f"resource declares id {declared_id!r} but the row says {self.resource_id!r}"
+            )
+        if self.effective is not None and self.effective.utcoffset() is None:
+            raise ValueError(f"effective must be timezone-aware (got naive {self.effective!r})")
+
+
+def _async_url(url: str) -> URL:
+    """Parse ``url`` and name the async driver: aiosqlite for SQLite, asyncpg for PostgreSQL."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    # SQLAlchemy no longer knows the ``postgres`` alias that Heroku-style URLs use.
+    if scheme == "postgres":
+        url = "postgresql" + url[len("postgres") :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"database URL is not a URL (got {scheme or 'no'} scheme)") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql" and driver in ("", "asyncpg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        # asyncpg calls libpq's ``sslmode`` ``ssl``; accept the URL as libpq users write it.
+        if "sslmode" in parsed.query and "ssl" not in parsed.query:
+            query = dict(parsed.query)
+            query["ssl"] = query.pop("sslmode")
+            parsed = parsed.set(query=query)
+        return parsed
+    raise ConfigError(
+        "database URL must be sqlite:///path, sqlite+aiosqlite:///path, postgresql://..., "
+        f"postgres://... or postgresql+asyncpg://... (got {parsed.drivername}://...)"
+    )
+
+
+def database_url_for(data_dir: Path, url: str | None) -> str:
+    """Return the async SQLAlchemy URL of the store.
+
+    Parameters
+    ----------
+    data_dir
+        The gateway's data directory; the SQLite file lives there when ``url`` is None.
+    url
+        ``HUREN_DATABASE_URL`` if set: ``postgresql://``, ``postgres://`` or ``sqlite:///``,
+        with or without the async driver named.
+
+    Returns
+    -------
+    str
+        A ``sqlite+aiosqlite:///`` or ``postgresql+asyncpg://`` URL, password included.
+
+    Raises
+    ------
+    ConfigError
+        If ``url`` is neither SQLite nor PostgreSQL, or names a synchronous driver.
+    """
+    if url is None:
+        return f"sqlite+aiosqlite:///{(data_dir / DATABASE_FILE).resolve()}"
+    return _async_url(url).render_as_string(hide_password=False)
+
+
+def _enable_wal(dbapi_connection: Any, connection_record: Any) -> None:
+    # WAL lets readers run beside the single writer; the busy timeout makes a second writer
+    # wait for the lock instead of failing at once. ``synchronous`` stays at its default (FULL):
+    # an answered access must survive a power cut (DESIGN.md, Audit).
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+class Store:
+    """The durable store. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for other modules that keep their tables in the same database."""
+        return self._engine
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect to the database at ``url`` and create the tables that are absent.
+
+        Raises
+        ------
+        ConfigError
+            If ``url`` is neither SQLite nor PostgreSQL, or the database cannot be reached,
+            refuses the credentials, or does not exist.
+        """
+        parsed = _async_url(url)
+        shown = parsed.render_as_string(hide_password=True)
+        # Compact UTF-8 JSON: reports carry Chinese text, which ASCII escaping would triple.
+        serializer = partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        if is_sqlite:
+            engine = create_async_engine(parsed, json_serializer=serializer)
+            event.listen(engine.sync_engine, "connect", _enable_wal)
+        else:
+            # Connections dropped by a PostgreSQL restart or failover are replaced, not used.
+            engine = create_async_engine(parsed, json_serializer=serializer, pool_pre_ping=True)
+        try:
+            if is_sqlite and parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            await engine.dispose()
+            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+            raise ConfigError(f"cannot open the database at {shown}: {reason}") from exc
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        if self._engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    # Identity cross-references (the MPI)
+
+    async def link_identity(
+        self,
+        person_key: str,
+        system: str,
+        value: str,
+        *,
+        facility_id: str | None = None,
+        source: str,
+    ) -> None:
+        """Record that identifier ``system|value`` belongs to the person ``person_key``.
+
+        Linking an identifier again to the same person changes nothing (the first
+        ``facility_id``, ``source`` and time are kept).
+
+        Raises
+        ------
+        IdentityConflict
+            If the identifier is already linked to another person.
+        """
+        stmt = (
+            self._insert(patient_identity)
+            .values(
+                person_key=person_key,
+                system=system,
+                value=value,
+                facility_id=facility_id,
+                source=source,
+                learned_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing(index_elements=["system", "value"])
+        )
+        # Two rounds at most: the second only if the colliding row vanished in between.
+        for _ in range(2):
+            async with self._engine.begin() as conn:
+                if (await conn.execute(stmt)).rowcount:
+                    return
+                # The insert waited for any concurrent insert of the same identifier, so the
+                # row it collided with is committed and visible here.
+                linked_to = await self._person_for(conn, system, value)
+            if linked_to == person_key:
+                return
+            if linked_to is not None:
+                raise IdentityConflict(system, value, linked_to=linked_to, attempted=person_key)
+        raise RuntimeError(f"identifier {system}|{value} could not be linked")  # pragma: no cover
+
+    async def person_for(self, system: str, value: str) -> str | None:
+        """Return the person key linked to identifier ``system|value``, or None."""
+        async with self._engine.connect() as conn:
+            return await self._person_for(conn, system, value)
+
+    @staticmethod
+    async def _person_for(conn: AsyncConnection, system: str, value: str) -> str | None:
+        stmt = select(patient_identity.c.person_key).where(
+            patient_identity.c.system == system, patient_identity.c.value == value
+        )
+        return (await conn.execute(stmt)).scalar_one_or_none()
+
+    async def identifiers_for(self, person_key: str) -> list[Identifier]:
+        """Return every identifier linked to ``person_key``, ordered by system then value."""
+        stmt = (
+            select(
+                patient_identity.c.system,
+                patient_identity.c.value,
+                patient_identity.c.facility_id,
+            )
+            .where(patient_identity.c.person_key == person_key)
+            .order_by(patient_identity.c.system, patient_identity.c.value)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [Identifier(r.system, r.value, r.facility_id) for r in rows]
+
+    # Lab result index
+
+    async def put_lab_results(self, rows: Iterable[LabResult]) -> int:
+        """Index lab results; a result already held (same facility, type and id) is skipped.
+
+        A result sent again with changed content keeps the first version held.
+
+        Returns
+        -------
+        int
+            How many results were newly stored.
+        """
+        received_at = datetime.now(UTC)
+        values = [
+            {
+                "facility_id": r.facility_id,
+                "person_key": r.person_key,
+                "patient_system": r.patient_system,
+                "patient_value": r.patient_value,
+                "resource_type": r.resource_type,
+                "resource_id": r.resource_id,
+                "code": r.code,
+                "effective": r.effective,
+                "resource": dict(r.resource),
+                "source_message_id": r.source_message_id,
+                "received_at": received_at,
+            }
+            for r in rows
+        ]
+        stored = 0
+        async with self._engine.begin() as conn:
+            for start in range(0, len(values), _INSERT_CHUNK):
+                stmt = (
+                    self._insert(lab_result)
+                    .values(values[start : start + _INSERT_CHUNK])
+                    .on_conflict_do_nothing(
+                        index_elements=["facility_id", "resource_type", "resource_id"]
+                    )
+                )
+                stored += (await conn.execute(stmt)).rowcount
+        return stored
+
+    async def lab_results_for(
+        self,
+        person_key: str | None = None,
+        patient: tuple[str, str] | None = None,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Return indexed lab results as FHIR resources, newest ``effective`` first.
+
+        Parameters
+        ----------
+        person_key
+            The person's results: those stored under the key, and those stored under any
+            identifier linked to the person, even if the link was learned afterwards.
+        patient
+            ``(system, value)``: results stored under exactly this patient identifier.
+        code
+            The result's code (as indexed).
+        since, until
+            Timezone-aware bounds on ``effective``: ``since <= effective < until``. Results
+            without an ``effective`` time are left out when either bound is given.
+        limit
+            At most this many results. Results without ``effective`` come last.
+
+        Raises
+        ------
+        ValueError
+            If ``limit`` is not positive or a bound is a naive datetime.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1 (got {limit!r})")
+        for name, bound in (("since", since), ("until", until)):
+            if bound is not None and bound.utcoffset() is None:
+                raise ValueError(f"{name} must be timezone-aware (got naive {bound!r})")
+        c = lab_result.c
+        async with self._engine.connect() as conn:
+            conditions: list[ColumnElement[bool]] = []
+            if person_key is not None:
+                linked = await conn.execute(
+                    select(patient_identity.c.system, patient_identity.c.value).where(
+                        patient_identity.c.person_key == person_key
+                    )
+                )
+                # An OR of indexed equalities: both planners answer it from the indexes.
+                conditions.append(
+                    or_(
+                        c.person_key == person_key,
+                        *(and_(c.patient_system == s, c.patient_value == v) for s, v in linked),
+                    )
+                )
+            if patient is not None:
+                conditions.append(c.patient_system == patient[0])
+                conditions.append(c.patient_value == patient[1])
+            if code is not None:
+                conditions.append(c.code == code)
+            if since is not None:
+                conditions.append(c.effective >= since)
+            if until is not None:
+                conditions.append(c.effective < until)
+            stmt = (
+                select(c.resource)
+                .where(*conditions)
+                .order_by(c.effective.is_(None), c.effective.desc(), c.id.desc())
+                .limit(limit)
+            )
+            resources = (await conn.execute(stmt)).scalars().all()
+        return [dict(r) for r in resources]
