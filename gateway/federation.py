@@ -130,7 +130,8 @@ class Federation:
             result.outcomes[fid] = Outcome(fid, OutcomeStatus.SKIPPED, 0.0, "circuit breaker open")
             UPSTREAM_CALLS.labels(fid, operation, "skipped").inc()
             return
-        status, detail, items = OutcomeStatus.OK, None, ()
+        status, detail = OutcomeStatus.OK, None
+        items: Sequence[T] = ()
         try:
             async with asyncio.timeout_at(_loop_time(expires)):
                 async with self._slots:

@@ -66,21 +66,22 @@ class DimsePacs:
         ae.add_supported_context(Verification)
         for cx in _QR_CONTEXTS:
             ae.add_supported_context(cx)
-        for cx in StoragePresentationContexts:
+        storage = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
+        for uid in storage:
             # Role selection lets a C-GET requestor take C-STOREs back on this association.
-            ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
+            ae.add_supported_context(uid, scu_role=True, scp_role=True)
         ae.maximum_associations = 64
         ae.network_timeout = 600  # gateways keep pooled associations open
         ae.dimse_timeout = 30
         ae.acse_timeout = 30
         # C-MOVE sub-operations open an association of our own to the destination.
-        for cx in StoragePresentationContexts:
-            ae.add_requested_context(cx.abstract_syntax)
+        for uid in storage:
+            ae.add_requested_context(uid)
         self.ae = ae
         self.server: ThreadedAssociationServer | None = None
 
     def start(self, host: str, port: int) -> None:
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._echo),
             (evt.EVT_C_FIND, self._find),
             (evt.EVT_C_GET, self._get),
@@ -93,6 +94,9 @@ class DimsePacs:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        # A PACS that goes down drops its open associations too, pooled ones included.
+        for assoc in self.ae.active_associations:
+            assoc.abort()
 
     # -- handlers (pynetdicom's threads) ---------------------------------------------------
 

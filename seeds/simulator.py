@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -258,7 +259,7 @@ class Simulator:
             sending_facility=f.lab.sending_facility,
         )
         result = await hl7_sender.send_feed(host, port, messages)
-        return dict(vars(result)) if hasattr(result, "__dict__") else {"result": str(result)}
+        return dataclasses.asdict(result)
 
 
 async def _junk_server(host: str, port: int) -> asyncio.Server:

@@ -12,6 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
+# The simulated city (seed data and the simulator process) as session fixtures.
+pytest_plugins = ["tests.city"]
+
 # --- Real PostgreSQL and Redis ------------------------------------------------------------
 # Storage and cache tests run against the real servers, not mocks. Outside CI a missing
 # server skips those tests with the reason; with CI=true it fails them, so a broken CI service

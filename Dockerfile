@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY gateway gateway
+COPY adapters adapters
+COPY dicom dicom
+COPY fhirapi fhirapi
+COPY seeds seeds
+RUN pip install --no-cache-dir -c constraints.txt .
+ENV HUREN_DATA_DIR=/data
+ENTRYPOINT ["huren"]

@@ -1,0 +1,182 @@
+"""Federated study search across all 111 facilities: end-to-end latency through the gateway.
+
+Starts the simulated city (every facility answering after --latency-ms) and the gateway, each in
+its own process, and times QIDO-RS study searches from a third (this one) over HTTP. Then takes
+5 facilities down, lets their breakers open, and times the same searches again.
+
+    python bench/federation.py            # 200 queries per phase
+    python bench/federation.py --quick    # under a minute
+
+Prints readable lines, then one line of JSON with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from seeds.generator import generate
+
+from adapters.types import DicomWebEndpoint, DimseEndpoint
+from gateway.config import Settings
+from gateway.core import open_core
+from gateway.registry import load_registry
+from gateway.seed_import import import_seed
+from tests.city import free_port, start_simulator, stop_process
+
+QUERY = {"StudyDate": "20240101-20261231", "limit": "1000"}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def timed_queries(url: str, n: int, *, concurrency: int = 1) -> tuple[list[float], int, str]:
+    """Run n searches; return latencies (ms), studies in the last answer, and its Warning."""
+    latencies: list[float] = []
+    last_count, warning = 0, ""
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            nonlocal last_count, warning
+            t = time.perf_counter()
+            async with session.get(url, params=QUERY) as resp:
+                body = await resp.read()
+                assert resp.status == 200, (resp.status, body[:200])
+                warning = resp.headers.get("Warning", "")
+            latencies.append((time.perf_counter() - t) * 1000)
+            last_count = len(json.loads(body))
+
+        for _ in range(n // concurrency):
+            await asyncio.gather(*(one() for _ in range(concurrency)))
+    return latencies, last_count, warning
+
+
+def set_fault(control: int, fid: str, mode: str) -> None:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{control}/_sim/faults/{fid}",
+        data=json.dumps({"mode": mode}).encode(),
+        method="PUT",
+    )
+    urllib.request.urlopen(req, timeout=30).close()
+
+
+def wait_ready(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("gateway did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--patients", type=int, default=60)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--data-dir", type=Path, help="reuse a seeded data dir")
+    args = ap.parse_args()
+    n = 60 if args.quick else args.queries
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="huren-bench-"))
+    if not (data_dir / "seed" / "manifest.json").exists():
+        t = time.monotonic()
+        generate(data_dir, patients=args.patients, seed=1)
+        print(f"seeded {args.patients} residents in {time.monotonic() - t:.1f} s", flush=True)
+
+    async def prepare() -> None:
+        async with open_core(Settings(data_dir=data_dir), probe=False) as core:
+            await import_seed(core.store, core.archive, core.registry, data_dir)
+
+    asyncio.run(prepare())
+    registry = load_registry()
+    sim, control = start_simulator(data_dir, latency_ms=args.latency_ms)
+    port = free_port()
+    env = {**os.environ, "HUREN_FEDERATION_DEADLINE": "1.0", "HUREN_BREAKER_RESET": "3600"}
+    gateway = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--port",
+            str(port),
+        ],
+        env=env,
+    )
+    try:
+        wait_ready(port)
+        url = f"http://127.0.0.1:{port}/dicomweb/studies"
+        direct = next(f for f in registry if isinstance(f.imaging, DicomWebEndpoint))
+        assert isinstance(direct.imaging, DicomWebEndpoint)
+        print(
+            f"fan-out to {len(registry)} facilities, {args.latency_ms:.0f} ms upstream latency each"
+        )
+
+        asyncio.run(timed_queries(url, 10))  # warm up: connections, associations, caches
+        direct_ms, _, _ = asyncio.run(timed_queries(f"{direct.imaging.url}/studies", n))
+        print(f"  direct to one facility ({direct.id}): p50 {statistics.median(direct_ms):.1f} ms")
+        all_ms, count, warning = asyncio.run(timed_queries(url, n))
+        assert not warning, warning
+        print(
+            f"  all up:   p50 {percentile(all_ms, 50):.1f} ms  p99 {percentile(all_ms, 99):.1f} ms"
+            f"  ({n} queries, {count} studies each)"
+        )
+
+        dead = [f.id for f in registry if isinstance(f.imaging, DicomWebEndpoint)][:3] + [
+            f.id for f in registry if isinstance(f.imaging, DimseEndpoint)
+        ][:2]
+        for fid in dead:
+            set_fault(control, fid, "down")
+        opening, _, _ = asyncio.run(timed_queries(url, 4))  # breakers open after 3 failures
+        dead_ms, count_dead, warning = asyncio.run(timed_queries(url, n))
+        assert all(fid in warning for fid in dead), warning
+        print(
+            f"  5 dead: p50 {percentile(dead_ms, 50):.1f} ms p99 {percentile(dead_ms, 99):.1f} ms;"
+            f" {count_dead} studies each; before breakers opened: {[round(x) for x in opening]} ms"
+        )
+        figures = {
+            "facilities": len(registry),
+            "upstream_latency_ms": args.latency_ms,
+            "queries": n,
+            "direct_p50_ms": round(statistics.median(direct_ms), 1),
+            "fanout_p50_ms": round(percentile(all_ms, 50), 1),
+            "fanout_p99_ms": round(percentile(all_ms, 99), 1),
+            "dead5_p50_ms": round(percentile(dead_ms, 50), 1),
+            "dead5_p99_ms": round(percentile(dead_ms, 99), 1),
+            "dead5_p50_change_ms": round(percentile(dead_ms, 50) - percentile(all_ms, 50), 1),
+        }
+        print(json.dumps(figures))
+    finally:
+        gateway.terminate()
+        gateway.wait(15)
+        stop_process(sim)
+
+
+if __name__ == "__main__":
+    main()

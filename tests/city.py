@@ -1,0 +1,120 @@
+"""The simulated city as a test fixture: seed data generated once, the simulator in a child
+process on the registry's loopback ports, faults set through its control API."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from seeds.generator import generate
+
+CITY_PATIENTS = 12
+CITY_SEED = 7
+READY_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class City:
+    data_dir: Path
+    control_url: str
+    process: subprocess.Popen[bytes]
+
+    def fault(self, facility_id: str, mode: str = "ok", latency_ms: float | None = None) -> None:
+        body = json.dumps({"mode": mode, "latency_ms": latency_ms}).encode()
+        req = urllib.request.Request(
+            f"{self.control_url}/_sim/faults/{facility_id}", data=body, method="PUT"
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+
+    def reset(self) -> None:
+        req = urllib.request.Request(f"{self.control_url}/_sim/faults", method="DELETE")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+
+    def patients(self) -> list[dict[str, object]]:
+        data: list[dict[str, object]] = json.loads(
+            (self.data_dir / "seed" / "patients.json").read_text(encoding="utf-8")
+        )
+        return data
+
+
+def start_simulator(
+    data_dir: Path, *extra: str, latency_ms: float = 0.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    control = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "WARNING",
+        "simulate",
+        "--latency-ms",
+        str(latency_ms),
+        "--control-port",
+        str(control),
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith(b"simulator ready") or not line:
+                break
+        if proc.poll() is not None:
+            break
+    if not line.startswith(b"simulator ready"):
+        proc.kill()
+        raise RuntimeError(f"simulator did not start (exit {proc.poll()}, said {line!r})")
+    return proc, control
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def seeded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("city")
+    generate(data_dir, patients=CITY_PATIENTS, seed=CITY_SEED)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def city(seeded_dir: Path) -> Iterator[City]:
+    """The simulated city, shared by the session; faults are reset after each user."""
+    proc, control = start_simulator(seeded_dir)
+    try:
+        yield City(seeded_dir, f"http://127.0.0.1:{control}", proc)
+    finally:
+        stop_process(proc)

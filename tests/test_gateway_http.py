@@ -1,0 +1,155 @@
+"""The gateway's HTTP surface over a real socket: health, readiness, metrics, federated QIDO."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from dicomweb_client.api import DICOMwebClient
+
+from adapters.types import DicomWebEndpoint
+from gateway.app import build_app
+from gateway.config import Settings
+from gateway.core import open_core
+from gateway.registry import load_registry
+from gateway.seed_import import import_seed
+from tests.city import City
+
+
+@pytest.fixture
+async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    settings = Settings(data_dir=city.data_dir, federation_deadline=1.0, breaker_reset=60)
+    async with open_core(settings, probe=False) as core:
+        await import_seed(core.store, core.archive, core.registry, city.data_dir)
+    async with TestClient(TestServer(build_app(settings))) as c:
+        yield c
+    city.reset()
+
+
+async def test_healthz(client: TestClient) -> None:  # type: ignore[type-arg]
+    """Liveness answers ok."""
+    resp = await client.get("/healthz")
+    assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
+
+
+async def test_readyz_reports_111_reachable_facilities(client: TestClient) -> None:  # type: ignore[type-arg]
+    """/readyz has the contract's shape and every facility is reachable."""
+    resp = await client.get("/readyz")
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["status"] == "ready"
+    assert len(body["facilities"]) == 111
+    assert all(set(f) >= {"id", "name", "reachable"} for f in body["facilities"])
+    assert all(f["reachable"] is True for f in body["facilities"])
+    assert body["facilities"][0] == {
+        **body["facilities"][0],
+        "id": "F001",
+        "name": "常州市第一人民医院",
+    }
+
+
+async def test_metrics_count_upstream_calls(client: TestClient) -> None:  # type: ignore[type-arg]
+    """Prometheus text carries per-facility upstream counters after a search."""
+    await client.get("/dicomweb/studies")
+    text = await (await client.get("/metrics")).text()
+    assert (
+        'huren_upstream_calls_total{facility="F001",operation="search-studies",outcome="ok"}'
+        in text
+    )
+    assert "huren_http_request_seconds_bucket" in text
+
+
+async def test_federated_qido_filters_and_names_the_holding_facility(client: TestClient) -> None:  # type: ignore[type-arg]
+    """ModalitiesInStudy filters across facilities; each result has RetrieveURL and its holder."""
+    resp = await client.get("/dicomweb/studies", params={"ModalitiesInStudy": "CT"})
+    assert resp.status == 200 and resp.content_type == "application/dicom+json"
+    studies = await resp.json()
+    assert studies
+    holders = set()
+    for ds in studies:
+        assert "CT" in ds["00080061"]["Value"]
+        fid = ds["00111001"]["Value"][0]
+        holders.add(fid)
+        uid = ds["0020000D"]["Value"][0]
+        assert ds["00081190"]["Value"][0].endswith(f"/facilities/{fid}/dicomweb/studies/{uid}")
+        assert ds["00110010"]["Value"] == ["HUREN"]
+    assert len(holders) > 1
+    assert "Warning" not in resp.headers
+
+
+async def test_one_facility_endpoint_asks_only_that_facility(client: TestClient) -> None:  # type: ignore[type-arg]
+    """/facilities/{id}/dicomweb/studies answers from that facility alone."""
+    studies = await (await client.get("/dicomweb/studies")).json()
+    fid = studies[0]["00111001"]["Value"][0]
+    resp = await client.get(f"/facilities/{fid}/dicomweb/studies")
+    only = await resp.json()
+    assert only and {ds["00111001"]["Value"][0] for ds in only} == {fid}
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("NoSuchAttribute=1", 400),
+        ("limit=zero", 400),
+        ("limit=0", 400),
+        ("limit=100000", 400),
+        ("offset=-1", 400),
+        ("FFFFFFFF=1", 400),
+    ],
+)
+async def test_bad_qido_queries_get_a_dicom_json_error(
+    client: TestClient,
+    query: str,
+    status: int,  # type: ignore[type-arg]
+) -> None:
+    """Bad parameters are refused with the status and a DICOM JSON ErrorComment."""
+    resp = await client.get(f"/dicomweb/studies?{query}")
+    assert resp.status == status
+    assert resp.content_type == "application/dicom+json"
+    body = await resp.json()
+    assert body[0]["00000902"]["vr"] == "LO" and body[0]["00000902"]["Value"][0]
+
+
+async def test_unknown_facility_is_404(client: TestClient) -> None:  # type: ignore[type-arg]
+    """A facility not in the registry is a 404 in DICOM JSON form."""
+    resp = await client.get("/facilities/F999/dicomweb/studies")
+    assert resp.status == 404
+    assert "F999" in (await resp.json())[0]["00000902"]["Value"][0]
+
+
+async def test_partial_failure_sets_warning_header(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+    """A facility that is down is named in a 299 Warning and in the per-facility detail."""
+    down = next(
+        f.id
+        for f in load_registry()
+        if isinstance(f.imaging, DicomWebEndpoint)
+        and (city.data_dir / "seed" / "dicom" / f.id).is_dir()
+    )
+    city.fault(down, "down")
+    resp = await client.get("/dicomweb/studies")
+    assert resp.status == 200
+    assert resp.headers["Warning"].startswith('299 HUREN "1 of 111 facilities did not answer')
+    assert down in resp.headers["Warning"]
+    detail = json.loads(resp.headers["Huren-Federation"])
+    assert detail[0]["facility"] == down and detail[0]["status"] == "error"
+    assert all(ds["00111001"]["Value"][0] != down for ds in await resp.json())
+
+
+async def test_dicomweb_client_searches_through_the_gateway(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+    """dicomweb-client (an independent client) runs QIDO studies search through the gateway."""
+    url = str(client.make_url("/dicomweb"))
+    patients = city.patients()
+    nid = str(patients[0]["national_id"])
+
+    def search() -> list[dict[str, object]]:
+        dw = DICOMwebClient(url=url)
+        found: list[dict[str, object]] = dw.search_for_studies(search_filters={"PatientID": nid})
+        return found
+
+    studies = await asyncio.to_thread(search)
+    assert studies
+    records = patients[0]["records"]
+    assert all(s["00100020"]["Value"][0] == records[s["00111001"]["Value"][0]] for s in studies)  # type: ignore[index]
