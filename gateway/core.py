@@ -94,7 +94,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
             with contextlib.suppress(asyncio.CancelledError):
                 await probing
         await session.close()
-        await asyncio.to_thread(upstreams.close)
+        await upstreams.close()
         await cache.close()
         await store.close()
         executor.shutdown(wait=False, cancel_futures=True)

@@ -40,9 +40,7 @@ class Upstreams:
             if isinstance(f.imaging, DicomWebEndpoint):
                 self._imaging[f.id] = DicomWebImaging(f.imaging, session)
             elif isinstance(f.imaging, DimseEndpoint):
-                dimse = DimseImaging(
-                    f.imaging, executor, calling_ae=ae_title, timeout=dimse_timeout
-                )
+                dimse = DimseImaging(f.imaging, calling_ae=ae_title, timeout=dimse_timeout)
                 self._dimse.append(dimse)
                 self._imaging[f.id] = dimse
             else:
@@ -62,7 +60,7 @@ class Upstreams:
     def lab_facilities(self) -> list[str]:
         return list(self._lab)
 
-    def close(self) -> None:
-        """Release pooled DIMSE associations (blocking: call from a thread)."""
+    async def close(self) -> None:
+        """Release pooled DIMSE associations."""
         for dimse in self._dimse:
-            dimse.close()
+            await dimse.close()

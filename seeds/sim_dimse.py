@@ -1,41 +1,40 @@
-"""A simulated facility PACS speaking DIMSE through pynetdicom: C-ECHO, C-FIND, C-GET,
-C-MOVE and C-STORE (PS3.4 Annexes A, B, C)."""
+"""A simulated facility PACS speaking DIMSE: C-ECHO, C-FIND, C-GET, C-MOVE and C-STORE
+(PS3.4 Annexes A, B, C), served on asyncio through `adapters.dul`.
+
+One event loop serves every simulated PACS: an idle association costs nothing, so a gateway
+may keep pooled associations open to all of them (pynetdicom's server spent over a core
+polling for 25 such associations).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
-from pynetdicom import AE, StoragePresentationContexts, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
-from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
+from pynetdicom import StoragePresentationContexts
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import decode, encode
 
-from adapters.dicom_index import DicomIndex, Instance, study_record
+from adapters.dicom_index import DicomIndex, Instance
 from adapters.dicom_match import first
+from adapters.dul import Association, Link, PeerReleased, accept, supported_contexts
+from adapters.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
-_QR_CONTEXTS = (
-    PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
-    StudyRootQueryRetrieveInformationModelMove,
-)
+VERIFICATION = "1.2.840.10008.1.1"
+QR_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+QR_GET = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
+QR_MOVE = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
+STORAGE = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
 _PATIENT_KEYWORDS = (
     "PatientName",
     "PatientID",
@@ -44,6 +43,8 @@ _PATIENT_KEYWORDS = (
     "PatientSex",
 )
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet"}
+_CANCELLED, _UNABLE, _IDENTIFIER_MISMATCH, _MOVE_DEST_UNKNOWN = 0xFE00, 0xC000, 0xA900, 0xA801
+_SUBOPS_FAILED = 0xB000  # warning: one or more sub-operations failed
 
 
 class DimsePacs:
@@ -58,88 +59,195 @@ class DimsePacs:
         latency: Callable[[], float],
         move_destinations: Mapping[str, tuple[str, int]],
     ) -> None:
+        self.ae_title = ae_title
         self.index = index
         self.stow_dir = stow_dir
         self.latency = latency
         self.move_destinations = move_destinations
-        ae = AE(ae_title=ae_title)
-        ae.add_supported_context(Verification)
-        for cx in _QR_CONTEXTS:
-            ae.add_supported_context(cx)
-        storage = [str(cx.abstract_syntax) for cx in StoragePresentationContexts]
-        for uid in storage:
-            # Role selection lets a C-GET requestor take C-STOREs back on this association.
-            ae.add_supported_context(uid, scu_role=True, scp_role=True)
-        ae.maximum_associations = 64
-        ae.network_timeout = 600  # gateways keep pooled associations open
-        ae.dimse_timeout = 30
-        ae.acse_timeout = 30
-        # C-MOVE sub-operations open an association of our own to the destination.
-        for uid in storage:
-            ae.add_requested_context(uid)
-        self.ae = ae
-        self.server: ThreadedAssociationServer | None = None
-
-    def start(self, host: str, port: int) -> None:
-        handlers: list[Any] = [
-            (evt.EVT_C_ECHO, self._echo),
-            (evt.EVT_C_FIND, self._find),
-            (evt.EVT_C_GET, self._get),
-            (evt.EVT_C_MOVE, self._move),
-            (evt.EVT_C_STORE, self._store),
+        self._contexts = [
+            *supported_contexts([VERIFICATION, *QR_FIND, *QR_GET, *QR_MOVE]),
+            *supported_contexts(STORAGE, scp_role=True),
         ]
-        self.server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
+        self._server: asyncio.Server | None = None
+        self._links: set[Link] = set()
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         # A PACS that goes down drops its open associations too, pooled ones included.
-        for assoc in self.ae.active_associations:
-            assoc.abort()
+        for link in list(self._links):
+            link.abort()
 
-    # -- handlers (pynetdicom's threads) ---------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link: Link | None = None
+        try:
+            link, _calling_ae = await accept(reader, writer, self._contexts)
+            self._links.add(link)
+            while True:
+                context_id, request = await link.receive()
+                delay = self.latency()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._dispatch(link, context_id, request)
+        except PeerReleased:
+            pass
+        except (UpstreamError, TimeoutError, ConnectionError) as exc:
+            log.debug("association ended: %s", exc)
+        except Exception:
+            log.exception("simulated PACS failed on an association")
+        finally:
+            if link is not None:
+                self._links.discard(link)
+            writer.close()
 
-    def _wait(self) -> None:
-        delay = self.latency()
-        if delay > 0:
-            time.sleep(delay)
+    async def _dispatch(self, link: Link, cx: int, request: Any) -> None:
+        if isinstance(request, C_ECHO):
+            rsp = C_ECHO()
+            rsp.MessageIDBeingRespondedTo = request.MessageID
+            rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+            rsp.Status = 0x0000
+            await link.send(C_ECHO_RSP(), rsp, cx)
+        elif isinstance(request, C_FIND):
+            await self._find(link, cx, request)
+        elif isinstance(request, C_GET):
+            await self._retrieve(link, cx, request, C_GET(), C_GET_RSP(), destination=None)
+        elif isinstance(request, C_MOVE):
+            await self._move(link, cx, request)
+        elif isinstance(request, C_STORE):
+            await self._store(link, cx, request)
+        else:
+            raise UpstreamError(f"unsupported DIMSE request {type(request).__name__}")
 
-    def _echo(self, event: evt.Event) -> int:
-        self._wait()
-        return 0x0000
+    # -- C-FIND ------------------------------------------------------------------------------
 
-    def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        self._wait()
-        query = event.identifier
+    async def _find(self, link: Link, cx: int, request: C_FIND) -> None:
+        implicit = link.is_implicit(cx)
+        query = _identifier(request.Identifier, implicit)
+        records = self._query(query)
+
+        async def respond(status: int, identifier: Dataset | None) -> None:
+            rsp = C_FIND()
+            rsp.MessageIDBeingRespondedTo = request.MessageID
+            rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+            rsp.Status = status
+            if identifier is not None:
+                rsp.Identifier = BytesIO(encode(identifier, implicit, True))
+            await link.send(C_FIND_RSP(), rsp, cx)
+
+        if records is None:
+            await respond(_IDENTIFIER_MISMATCH, None)
+            return
+        for record in records:
+            await respond(0xFF00, _answer(record, query))
+        await respond(0x0000, None)
+
+    def _query(self, query: Dataset) -> list[dict[str, Any]] | None:
         level = str(query.get("QueryRetrieveLevel", ""))
         match = _match_of(query)
         if level == "PATIENT":
-            records = _patients(
-                self.index.search_studies(match_without(match, _PATIENT_KEYWORDS)), match
-            )
-        elif level == "STUDY":
-            records = self.index.search_studies(match)
-        elif level == "SERIES":
-            records = self.index.search_series(match.pop("StudyInstanceUID", None), match)
-        elif level == "IMAGE":
+            patient_match = {k: v for k, v in match.items() if k in _PATIENT_KEYWORDS}
+            return _patients(self.index.search_studies(patient_match))
+        if level == "STUDY":
+            return self.index.search_studies(match)
+        if level == "SERIES":
+            return self.index.search_series(match.pop("StudyInstanceUID", None), match)
+        if level == "IMAGE":
             study, series = (
                 match.pop("StudyInstanceUID", None),
                 match.pop("SeriesInstanceUID", None),
             )
-            records = self.index.search_instances(study, series, match)
-        else:
-            yield 0xA900, None  # Identifier does not match SOP Class
+            return self.index.search_instances(study, series, match)
+        return None
+
+    # -- C-GET and C-MOVE --------------------------------------------------------------------
+
+    async def _move(self, link: Link, cx: int, request: C_MOVE) -> None:
+        destination = self.move_destinations.get(str(request.MoveDestination).strip())
+        if destination is None:
+            rsp = C_MOVE()
+            rsp.MessageIDBeingRespondedTo = request.MessageID
+            rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+            rsp.Status = _MOVE_DEST_UNKNOWN
+            await link.send(C_MOVE_RSP(), rsp, cx)
             return
-        for record in records:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            yield 0xFF00, _answer(record, query)
+        await self._retrieve(link, cx, request, C_MOVE(), C_MOVE_RSP(), destination=destination)
+
+    async def _retrieve(
+        self,
+        link: Link,
+        cx: int,
+        request: Any,
+        rsp: Any,
+        rsp_message: Any,
+        *,
+        destination: tuple[str, int] | None,
+    ) -> None:
+        """C-GET (sub-operations on this association) or C-MOVE (on a new one)."""
+        query = _identifier(request.Identifier, link.is_implicit(cx))
+        instances = self._instances_for(query)
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        store_link: Link = link
+        mover: Association | None = None
+        done = failed = 0
+        try:
+            if destination is not None:
+                classes = sorted({str(first(i.header, "SOPClassUID")) for i in instances})
+                mover = await Association.open(
+                    destination[0],
+                    destination[1],
+                    calling_ae=self.ae_title,
+                    called_ae=str(request.MoveDestination).strip(),
+                    abstract_syntaxes=classes or [VERIFICATION],
+                )
+                store_link = mover
+            for n, inst in enumerate(instances, start=1):
+                ok = await self._send_instance(
+                    store_link,
+                    inst,
+                    n,
+                    None if mover is None else (self.ae_title, int(request.MessageID)),
+                )
+                done, failed = done + ok, failed + (not ok)
+        except UpstreamError as exc:
+            log.info("retrieve sub-operations stopped: %s", exc)
+            failed = len(instances) - done
+        finally:
+            if mover is not None:
+                await mover.release()
+        rsp.Status = 0x0000 if failed == 0 else _SUBOPS_FAILED if done else _UNABLE
+        rsp.NumberOfCompletedSuboperations = done
+        rsp.NumberOfFailedSuboperations = failed
+        rsp.NumberOfWarningSuboperations = 0
+        await link.send(rsp_message, rsp, cx)
+
+    async def _send_instance(
+        self, link: Link, inst: Instance, message_id: int, originator: tuple[str, int] | None
+    ) -> bool:
+        sop_class = str(first(inst.header, "SOPClassUID"))
+        context_id = next(
+            (cid for cid, c in link.contexts.items() if str(c.abstract_syntax) == sop_class), None
+        )
+        if context_id is None:
+            return False
+        ts = UID(link.contexts[context_id].transfer_syntax[0])
+        data = await asyncio.to_thread(_encoded_dataset, inst.path, ts)
+        status = await link.c_store(
+            context_id,
+            sop_class,
+            str(first(inst.header, "SOPInstanceUID")),
+            data,
+            message_id,
+            move_originator=originator,
+        )
+        return status == 0x0000 or 0xB000 <= status <= 0xBFFF
 
     def _instances_for(self, query: Dataset) -> list[Instance]:
         level = str(query.get("QueryRetrieveLevel", ""))
-        study_uids = _uids(query, "StudyInstanceUID")
         if level == "PATIENT":
             pid = str(query.get("PatientID", ""))
             return [
@@ -149,98 +257,104 @@ class DimsePacs:
                 if first(i.header, "PatientID") == pid
             ]
         out: list[Instance] = []
-        for study in study_uids:
-            series = _uids(query, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else [None]
-            for se in series:
-                sops = _uids(query, "SOPInstanceUID") if level == "IMAGE" else [None]
-                for sop in sops:
-                    out.extend(self.index.instances(study, se, sop))
+        for study in _uids(query, "StudyInstanceUID"):
+            for series in (
+                _uids(query, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else [None]
+            ):
+                for sop in _uids(query, "SOPInstanceUID") if level == "IMAGE" else [None]:
+                    out.extend(self.index.instances(study, series, sop))
         return out
 
-    def _get(self, event: evt.Event) -> Iterator[Any]:
-        self._wait()
-        instances = self._instances_for(event.identifier)
-        yield len(instances)
-        for inst in instances:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            yield 0xFF00, pydicom.dcmread(inst.path)
+    # -- C-STORE -----------------------------------------------------------------------------
 
-    def _move(self, event: evt.Event) -> Iterator[Any]:
-        self._wait()
-        destination = self.move_destinations.get(str(event.move_destination).strip())
-        if destination is None:
-            yield None, None  # pynetdicom answers 0xA801, Move Destination unknown
-            return
-        yield destination
-        instances = self._instances_for(event.identifier)
-        yield len(instances)
-        for inst in instances:
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            yield 0xFF00, pydicom.dcmread(inst.path)
-
-    def _store(self, event: evt.Event) -> int:
+    async def _store(self, link: Link, cx: int, request: C_STORE) -> None:
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        ts = UID(link.contexts[cx].transfer_syntax[0])
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            path = self.stow_dir / f"{ds.SOPInstanceUID}.dcm"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(path, enforce_file_format=True)
+            path = self.stow_dir / f"{request.AffectedSOPInstanceUID}.dcm"
+            ds = await asyncio.to_thread(
+                _save,
+                path,
+                request.DataSet.getvalue(),
+                ts,
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+            )
             self.index.add(path, ds)
+            rsp.Status = 0x0000
         except Exception:
-            log.exception("C-STORE failed")
-            return 0xC210  # Cannot understand
-        return 0x0000
+            log.exception("C-STORE could not be stored")
+            rsp.Status = 0xC210  # Cannot understand
+        await link.send(C_STORE_RSP(), rsp, cx)
+
+
+def _identifier(stream: BytesIO | None, implicit: bool) -> Dataset:
+    if stream is None:
+        return Dataset()
+    stream.seek(0)
+    ds: Dataset = decode(stream, implicit, True)
+    return ds
+
+
+def _encoded_dataset(path: Path, ts: UID) -> bytes:
+    ds = pydicom.dcmread(path)
+    data: bytes = encode(ds, ts.is_implicit_VR, ts.is_little_endian)
+    return data
+
+
+def _save(path: Path, data: bytes, ts: UID, sop_class: str, sop_instance: str) -> Dataset:
+    """Write a received dataset as a Part 10 file without re-encoding it."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ts
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(pydicom.filebase.DicomFileLike(buf), meta)
+    buf.write(data)
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return pydicom.dcmread(path, stop_before_pixels=True)
 
 
 def _match_of(query: Dataset) -> dict[str, str]:
     match: dict[str, str] = {}
     for element in query:
         keyword = element.keyword
-        if not keyword or keyword in _SKIP or element.VR == "SQ":
+        if not keyword or keyword in _SKIP or element.VR == "SQ" or element.value in (None, ""):
             continue
         value = element.value
-        if value in (None, ""):
-            continue
-        if isinstance(value, list | tuple) or (
-            hasattr(value, "__iter__") and not isinstance(value, str)
-        ):
+        if isinstance(value, list | tuple | pydicom.multival.MultiValue):
             value = "\\".join(str(v) for v in value)
         match[keyword] = str(value)
     return match
 
 
-def match_without(match: dict[str, str], keep: tuple[str, ...]) -> dict[str, str]:
-    return {k: v for k, v in match.items() if k in keep}
-
-
-def _uids(query: Dataset, keyword: str) -> list[Any]:
+def _uids(query: Dataset, keyword: str) -> list[str | None]:
     value = query.get(keyword)
     if value in (None, ""):
         return [None]
-    return (
-        [str(v) for v in value]
-        if isinstance(value, list | tuple)
-        or (hasattr(value, "__iter__") and not isinstance(value, str))
-        else [str(value)]
-    )
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
-def _patients(studies: list[dict[str, Any]], match: Mapping[str, str]) -> list[dict[str, Any]]:
+def _patients(studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_patient: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
     for s in studies:
         pid = str(first(s, "PatientID"))
         counts[pid] = counts.get(pid, 0) + 1
         by_patient.setdefault(pid, {t: v for t, v in s.items() if t in _PATIENT_TAGS})
-    out = []
     for pid, record in by_patient.items():
         record["00201200"] = {"vr": "IS", "Value": [counts[pid]]}  # NumberOfPatientRelatedStudies
-        out.append(record)
-    return out
+    return list(by_patient.values())
 
 
 def _answer(record: dict[str, Any], query: Dataset) -> Dataset:
@@ -250,18 +364,10 @@ def _answer(record: dict[str, Any], query: Dataset) -> Dataset:
     out.SpecificCharacterSet = "ISO_IR 192"
     out.QueryRetrieveLevel = query.QueryRetrieveLevel
     for element in query:
-        if element.keyword in _SKIP or not element.keyword:
+        if not element.keyword or element.keyword in _SKIP:
             continue
-        if element.keyword in full:
-            out[element.tag] = full[element.tag]
-        else:
-            out[element.tag] = element  # asked for but unknown here: return it empty/as sent
+        out[element.tag] = full[element.tag] if element.tag in full else element
     return out
 
 
-_PATIENT_TAGS = frozenset(
-    f"{pydicom.datadict.tag_for_keyword(k):08X}"
-    for k in _PATIENT_KEYWORDS
-    if pydicom.datadict.tag_for_keyword(k)
-)
-_ = study_record  # re-exported for tests that build expected answers
+_PATIENT_TAGS = frozenset(f"{pydicom.datadict.tag_for_keyword(k):08X}" for k in _PATIENT_KEYWORDS)

@@ -164,14 +164,14 @@ class Simulator:
                     latency=lambda fid=f.id: self.latency(fid),  # type: ignore[misc]
                     move_destinations=self.move_destinations,
                 )
-                await asyncio.to_thread(sim.dimse.start, self.host, f.imaging.port)
+                await sim.dimse.start(self.host, f.imaging.port)
 
     async def _bring_down(self, sim: SimFacility) -> None:
         if sim.runner is not None:
             await sim.runner.cleanup()  # closes the listener and every open connection
             sim.runner = None
         if sim.dimse is not None:
-            await asyncio.to_thread(sim.dimse.stop)
+            await sim.dimse.stop()
             sim.dimse = None
         if sim.junk_server is not None:
             sim.junk_server.close()

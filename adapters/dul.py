@@ -1,0 +1,394 @@
+"""The DICOM Upper Layer (PS3.8) and DIMSE messaging (PS3.7) on asyncio streams.
+
+pynetdicom runs every association as two threads that poll every millisecond. With pooled
+associations to tens of facilities that burned more than a core while idle and added tens of
+milliseconds to each C-FIND (measured with bench/federation.py). Here the same protocol runs
+on the event loop, with pynetdicom's own PDU and DIMSE message codecs doing the encoding: no
+threads, no polling, and an open association costs nothing while it waits.
+
+Both sides are here: `Association` requests (the gateway asking a PACS), `accept` answers
+(a PACS, simulated or the gateway's own SCP, being asked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import struct
+from collections.abc import AsyncIterator, Iterable, Sequence
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dimse_messages import (
+    C_ECHO_RQ,
+    C_FIND_RQ,
+    C_STORE_RQ,
+    DIMSEMessage,
+)
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu import (
+    A_ABORT_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    P_DATA_TF,
+)
+from pynetdicom.pdu_primitives import (
+    A_ABORT,
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
+
+from .errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+#: Largest PDU we accept (the peer may send smaller).
+MAX_PDU = 1_048_576
+#: Largest PDU we read from a peer, whatever it claims: guards against garbage lengths.
+MAX_PDU_READ = 16 * 1_048_576
+PENDING = (0xFF00, 0xFF01)
+_PDU_HEADER = struct.Struct(">BxL")
+_ASSOCIATE_RQ, _ASSOCIATE_AC, _ASSOCIATE_RJ, _P_DATA = 0x01, 0x02, 0x03, 0x04
+_RELEASE_RQ, _RELEASE_RP, _ABORT = 0x05, 0x06, 0x07
+#: Seconds an acceptor waits for the A-ASSOCIATE-RQ after a connection opens.
+ACSE_TIMEOUT = 30.0
+DEFAULT_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+class PeerReleased(Exception):
+    """The peer asked to release the association (an acceptor's normal end)."""
+
+
+class Link:
+    """PDUs and DIMSE messages over one connection; the common half of both sides."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.contexts: dict[int, PresentationContext] = {}
+        self.peer_max_pdu = MAX_PDU
+
+    @property
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def context(self, context_id: int) -> PresentationContext:
+        return self.contexts[context_id]
+
+    def is_implicit(self, context_id: int) -> bool:
+        return bool(self.contexts[context_id].transfer_syntax[0] == ImplicitVRLittleEndian)
+
+    async def read_pdu(self) -> tuple[int, bytes]:
+        try:
+            header = await self.reader.readexactly(6)
+        except asyncio.IncompleteReadError:
+            raise UpstreamUnavailable("connection closed by the peer") from None
+        except ConnectionError as exc:
+            raise UpstreamUnavailable(f"connection lost: {exc}") from None
+        kind, length = _PDU_HEADER.unpack(header)
+        if not _ASSOCIATE_RQ <= kind <= _ABORT or length > MAX_PDU_READ:
+            raise UpstreamProtocolError(f"not a DICOM PDU (type 0x{kind:02X}, length {length})")
+        try:
+            body = await self.reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise UpstreamUnavailable("connection closed mid-PDU") from None
+        return kind, header + body
+
+    async def send(self, message: DIMSEMessage, primitive: Any, context_id: int) -> None:
+        message.primitive_to_message(primitive)
+        for p_data in message.encode_msg(context_id, self.peer_max_pdu):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(p_data)
+            self.writer.write(pdu.encode())
+        await self.writer.drain()
+
+    async def receive(self) -> tuple[int, Any]:
+        """The next whole DIMSE message as (context id, pynetdicom primitive)."""
+        message = DIMSEMessage()
+        while True:
+            kind, raw = await self.read_pdu()
+            if kind == _ABORT:
+                raise UpstreamUnavailable("association aborted by the peer")
+            if kind == _RELEASE_RQ:
+                self.writer.write(A_RELEASE_RP().encode())
+                with contextlib.suppress(ConnectionError):
+                    await self.writer.drain()
+                raise PeerReleased()
+            if kind != _P_DATA:
+                raise UpstreamProtocolError(f"expected P-DATA-TF, got PDU type 0x{kind:02X}")
+            pdu = P_DATA_TF()
+            try:
+                pdu.decode(raw)
+                if message.decode_msg(pdu.to_primitive()):
+                    context_id = int(message.context_id or 0)
+                    if context_id not in self.contexts:
+                        raise UpstreamProtocolError(f"message on unknown context {context_id}")
+                    return context_id, message.message_to_primitive()
+            except (ValueError, KeyError, IndexError, struct.error, AttributeError) as exc:
+                raise UpstreamProtocolError(f"undecodable DIMSE message: {exc}") from None
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            pdu = A_ABORT_RQ()
+            prim = A_ABORT()
+            prim.abort_source = 0
+            pdu.from_primitive(prim)
+            self.writer.write(pdu.encode())
+        self.writer.close()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def c_store(
+        self,
+        context_id: int,
+        sop_class: str,
+        sop_instance: str,
+        dataset: bytes,
+        message_id: int,
+        *,
+        move_originator: tuple[str, int] | None = None,
+    ) -> int:
+        """Send one C-STORE-RQ with an already encoded dataset; return the response status."""
+        req = C_STORE()
+        req.MessageID = message_id
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = sop_instance
+        req.Priority = 2
+        if move_originator is not None:
+            req.MoveOriginatorApplicationEntityTitle = move_originator[0]
+            req.MoveOriginatorMessageID = move_originator[1]
+        req.DataSet = BytesIO(dataset)
+        await self.send(C_STORE_RQ(), req, context_id)
+        _, rsp = await self.receive()
+        return int(rsp.Status)
+
+
+class Association(Link):
+    """The requestor side: `open`, then `c_echo` / `c_find` / `c_store`, then `release`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self._by_syntax: dict[str, int] = {}
+        self._message_ids = itertools.count()
+        self._busy = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        calling_ae: str,
+        called_ae: str,
+        abstract_syntaxes: Sequence[str],
+        transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+    ) -> Association:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            raise UpstreamUnavailable(f"cannot connect: {exc.strerror or exc}") from None
+        assoc = cls(reader, writer)
+        try:
+            await assoc._negotiate(calling_ae, called_ae, abstract_syntaxes, transfer_syntaxes)
+        except BaseException:
+            writer.close()
+            raise
+        return assoc
+
+    async def _negotiate(
+        self,
+        calling_ae: str,
+        called_ae: str,
+        abstract_syntaxes: Sequence[str],
+        transfer_syntaxes: Sequence[str],
+    ) -> None:
+        proposed = _proposed(abstract_syntaxes, transfer_syntaxes)
+        self.writer.write(_associate_rq(calling_ae, called_ae, proposed))
+        kind, raw = await self.read_pdu()
+        if kind == _ASSOCIATE_RJ:
+            rj = A_ASSOCIATE_RJ()
+            rj.decode(raw)
+            raise UpstreamUnavailable(
+                f"association rejected (result {rj.result}, source {rj.source}, "
+                f"reason {rj.reason_diagnostic})"
+            )
+        if kind != _ASSOCIATE_AC:
+            raise UpstreamProtocolError(f"expected A-ASSOCIATE-AC, got PDU type 0x{kind:02X}")
+        ac = A_ASSOCIATE_AC()
+        try:
+            ac.decode(raw)
+            accepted = ac.to_primitive()
+        except (ValueError, KeyError, IndexError, struct.error) as exc:
+            raise UpstreamProtocolError(f"undecodable A-ASSOCIATE-AC: {exc}") from None
+        by_id = {cx.context_id: cx for cx in proposed}
+        for cx in accepted.presentation_context_definition_results_list:
+            if cx.result == 0 and cx.context_id in by_id and cx.transfer_syntax:
+                ours = by_id[cx.context_id]
+                ours.transfer_syntax = [UID(cx.transfer_syntax[0])]
+                self.contexts[cx.context_id] = ours
+                self._by_syntax.setdefault(str(ours.abstract_syntax), cx.context_id)
+        for item in accepted.user_information:
+            if isinstance(item, MaximumLengthNotification) and item.maximum_length_received:
+                self.peer_max_pdu = int(item.maximum_length_received)
+
+    def context_for(self, abstract_syntax: str) -> int:
+        try:
+            return self._by_syntax[abstract_syntax]
+        except KeyError:
+            raise UpstreamProtocolError(f"peer did not accept {abstract_syntax}") from None
+
+    def next_message_id(self) -> int:
+        return next(self._message_ids) % 0xFFFF + 1  # US, never 0
+
+    async def c_echo(self) -> int:
+        cx = self.context_for(VERIFICATION)
+        req = C_ECHO()
+        req.MessageID = self.next_message_id()
+        req.AffectedSOPClassUID = VERIFICATION
+        async with self._busy:
+            await self.send(C_ECHO_RQ(), req, cx)
+            _, rsp = await self.receive()
+        return int(rsp.Status)
+
+    async def c_find(self, identifier: Dataset, sop_class: str) -> AsyncIterator[Dataset]:
+        """Yield each pending match; raise `UpstreamError` on a failure status."""
+        cx = self.context_for(sop_class)
+        implicit = self.is_implicit(cx)
+        req = C_FIND()
+        req.MessageID = self.next_message_id()
+        req.AffectedSOPClassUID = sop_class
+        req.Priority = 2
+        req.Identifier = BytesIO(encode(identifier, implicit, True))
+        async with self._busy:
+            await self.send(C_FIND_RQ(), req, cx)
+            while True:
+                _, rsp = await self.receive()
+                status = int(rsp.Status)
+                if status in PENDING:
+                    if rsp.Identifier is not None:
+                        rsp.Identifier.seek(0)
+                        yield decode(rsp.Identifier, implicit, True)
+                    continue
+                if status != 0x0000:
+                    raise UpstreamError(f"C-FIND failed with status 0x{status:04X}")
+                return
+
+    async def release(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(A_RELEASE_RQ().encode())
+            async with asyncio.timeout(2):
+                await self.writer.drain()
+                await self.read_pdu()
+        self.close()
+
+
+async def accept(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    supported: Iterable[PresentationContext],
+) -> tuple[Link, str]:
+    """Answer an A-ASSOCIATE-RQ as acceptor; return the link and the calling AE title.
+
+    Contexts are negotiated with pynetdicom's acceptor rules, SCP/SCU role selection included
+    (a C-GET requestor asks to take C-STOREs back on the same association).
+    """
+    link = Link(reader, writer)
+    async with asyncio.timeout(ACSE_TIMEOUT):
+        kind, raw = await link.read_pdu()
+    if kind != _ASSOCIATE_RQ:
+        raise UpstreamProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
+    rq_pdu = A_ASSOCIATE_RQ()
+    try:
+        rq_pdu.decode(raw)
+        rq = rq_pdu.to_primitive()
+    except (ValueError, KeyError, IndexError, struct.error) as exc:
+        raise UpstreamProtocolError(f"undecodable A-ASSOCIATE-RQ: {exc}") from None
+    roles = {
+        item.sop_class_uid: (item.scu_role, item.scp_role)
+        for item in rq.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+    }
+    results, reply_roles = negotiate_as_acceptor(
+        rq.presentation_context_definition_list, list(supported), roles or None
+    )
+    for item in rq.user_information:
+        if isinstance(item, MaximumLengthNotification) and item.maximum_length_received:
+            link.peer_max_pdu = int(item.maximum_length_received)
+    link.contexts = {int(cx.context_id): cx for cx in results if cx.result == 0}
+    ac = A_ASSOCIATE()
+    ac.application_context_name = APPLICATION_CONTEXT
+    ac.calling_ae_title = rq.calling_ae_title
+    ac.called_ae_title = rq.called_ae_title
+    ac.result = 0x00
+    ac.result_source = 0x01
+    ac.presentation_context_definition_results_list = results
+    ac.user_information = [*_user_information(), *reply_roles]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(ac)
+    writer.write(pdu.encode())
+    await writer.drain()
+    return link, str(rq.calling_ae_title).strip()
+
+
+def supported_contexts(
+    abstract_syntaxes: Iterable[str],
+    transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+    *,
+    scp_role: bool = False,
+) -> list[PresentationContext]:
+    out = []
+    for syntax in abstract_syntaxes:
+        cx = build_context(syntax, list(transfer_syntaxes))
+        if scp_role:
+            # Accept a requestor's SCP role for this class (C-GET's C-STORE sub-operations).
+            cx.scu_role = True
+            cx.scp_role = True
+        out.append(cx)
+    return out
+
+
+def _proposed(
+    abstract_syntaxes: Sequence[str], transfer_syntaxes: Sequence[str]
+) -> list[PresentationContext]:
+    contexts = []
+    for i, syntax in enumerate(abstract_syntaxes):
+        cx = build_context(syntax, list(transfer_syntaxes))
+        cx.context_id = 2 * i + 1  # PS3.8 9.3.2.2: odd integers
+        contexts.append(cx)
+    return contexts
+
+
+def _user_information() -> list[Any]:
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = MAX_PDU
+    impl_uid = ImplementationClassUIDNotification()
+    impl_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    impl_name = ImplementationVersionNameNotification()
+    impl_name.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+    return [max_length, impl_uid, impl_name]
+
+
+def _associate_rq(calling_ae: str, called_ae: str, proposed: list[PresentationContext]) -> bytes:
+    prim = A_ASSOCIATE()
+    prim.application_context_name = APPLICATION_CONTEXT
+    prim.calling_ae_title = calling_ae
+    prim.called_ae_title = called_ae
+    prim.presentation_context_definition_list = proposed
+    prim.user_information = _user_information()
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(prim)
+    data: bytes = pdu.encode()
+    return data
