@@ -8,15 +8,18 @@ on asyncio (`adapters.dul`), so a pooled association costs nothing while idle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from pydicom.dataset import Dataset
 
 from .dicom_index import STUDY_KEYWORDS
 from .dul import Association
-from .errors import UpstreamError
+from .errors import UpstreamError, UpstreamUnavailable
 from .types import DicomJson, DimseEndpoint, StudyQuery
+
+T = TypeVar("T")
 
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -42,8 +45,7 @@ class DimseImaging:
         self._idle: list[Association] = []
 
     async def ping(self) -> None:
-        async with self._association() as assoc:
-            status = await assoc.c_echo()
+        status = await self._run(lambda assoc: assoc.c_echo())
         if status != 0x0000:
             raise UpstreamError(f"C-ECHO answered status 0x{status:04X}")
 
@@ -55,16 +57,30 @@ class DimseImaging:
             setattr(identifier, keyword, "")
         for keyword, value in query.match.items():
             setattr(identifier, keyword, value)
-        out: list[DicomJson] = []
-        async with self._association() as assoc:
+
+        async def find(assoc: Association) -> list[DicomJson]:
+            out: list[DicomJson] = []
             async for found in assoc.c_find(identifier, STUDY_ROOT_FIND):
                 if "QueryRetrieveLevel" in found:
                     del found.QueryRetrieveLevel
                 out.append(found.to_json_dict())
-                if query.limit is not None and len(out) >= query.limit:
-                    # Keep reading to the final response so the association stays usable.
-                    continue
-        return out if query.limit is None else out[: query.limit]
+            return out
+
+        found = await self._run(find)
+        return found if query.limit is None else found[: query.limit]
+
+    async def _run(self, operation: Callable[[Association], Awaitable[T]]) -> T:
+        """Run on a pooled association; if the PACS had dropped it meanwhile, once more fresh."""
+        pooled = bool(self._idle)
+        try:
+            async with self._association() as assoc:
+                return await operation(assoc)
+        except UpstreamUnavailable:
+            if not pooled:
+                raise
+            await self.close()  # its siblings are likely stale too
+        async with self._association() as assoc:
+            return await operation(assoc)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -23,13 +23,6 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dimse_messages import (
-    C_ECHO_RQ,
-    C_FIND_RQ,
-    C_STORE_RQ,
-    DIMSEMessage,
-)
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import (
     A_ABORT_RQ,
@@ -38,7 +31,6 @@ from pynetdicom.pdu import (
     A_ASSOCIATE_RQ,
     A_RELEASE_RP,
     A_RELEASE_RQ,
-    P_DATA_TF,
 )
 from pynetdicom.pdu_primitives import (
     A_ABORT,
@@ -50,6 +42,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
 
+from . import dimse_codec as codec
+from .dimse_codec import CommandError, Message
 from .errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -106,17 +100,26 @@ class Link:
             raise UpstreamUnavailable("connection closed mid-PDU") from None
         return kind, header + body
 
-    async def send(self, message: DIMSEMessage, primitive: Any, context_id: int) -> None:
-        message.primitive_to_message(primitive)
-        for p_data in message.encode_msg(context_id, self.peer_max_pdu):
-            pdu = P_DATA_TF()
-            pdu.from_primitive(p_data)
-            self.writer.write(pdu.encode())
+    async def send(
+        self, context_id: int, command: dict[str, int | str], dataset: bytes | None = None
+    ) -> None:
+        packed = codec.encode_command(command, has_dataset=dataset is not None)
+        for pdu in codec.fragments(context_id, packed, dataset, self.peer_max_pdu):
+            self.writer.write(pdu)
         await self.writer.drain()
 
-    async def receive(self) -> tuple[int, Any]:
-        """The next whole DIMSE message as (context id, pynetdicom primitive)."""
-        message = DIMSEMessage()
+    @staticmethod
+    def encode_dataset(ds: Dataset, implicit: bool) -> bytes:
+        data: bytes | None = encode(ds, implicit, True)
+        if data is None:
+            raise UpstreamProtocolError("dataset could not be encoded")
+        return data
+
+    async def receive(self) -> Message:
+        """The next whole DIMSE message (command and dataset reassembled from PDVs)."""
+        command, dataset = bytearray(), bytearray()
+        context_id: int | None = None
+        parsed: dict[str, int | str] | None = None
         while True:
             kind, raw = await self.read_pdu()
             if kind == _ABORT:
@@ -128,16 +131,23 @@ class Link:
                 raise PeerReleased()
             if kind != _P_DATA:
                 raise UpstreamProtocolError(f"expected P-DATA-TF, got PDU type 0x{kind:02X}")
-            pdu = P_DATA_TF()
             try:
-                pdu.decode(raw)
-                if message.decode_msg(pdu.to_primitive()):
-                    context_id = int(message.context_id or 0)
-                    if context_id not in self.contexts:
-                        raise UpstreamProtocolError(f"message on unknown context {context_id}")
-                    return context_id, message.message_to_primitive()
-            except (ValueError, KeyError, IndexError, struct.error, AttributeError) as exc:
-                raise UpstreamProtocolError(f"undecodable DIMSE message: {exc}") from None
+                for cx, control, data in codec.pdv_items(raw):
+                    if cx not in self.contexts or (context_id is not None and cx != context_id):
+                        raise UpstreamProtocolError(f"message on unexpected context {cx}")
+                    context_id = cx
+                    if control & 1:
+                        command += data
+                        if control & 2:
+                            parsed = codec.decode_command(bytes(command))
+                            if parsed.get("CommandDataSetType") == codec.NO_DATASET:
+                                return Message(cx, parsed)
+                    else:
+                        dataset += data
+                        if control & 2 and parsed is not None:
+                            return Message(cx, parsed, bytes(dataset))
+            except CommandError as exc:
+                raise UpstreamProtocolError(str(exc)) from None
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -162,18 +172,18 @@ class Link:
         move_originator: tuple[str, int] | None = None,
     ) -> int:
         """Send one C-STORE-RQ with an already encoded dataset; return the response status."""
-        req = C_STORE()
-        req.MessageID = message_id
-        req.AffectedSOPClassUID = sop_class
-        req.AffectedSOPInstanceUID = sop_instance
-        req.Priority = 2
+        command: dict[str, int | str] = {
+            "CommandField": codec.C_STORE_RQ,
+            "AffectedSOPClassUID": sop_class,
+            "AffectedSOPInstanceUID": sop_instance,
+            "MessageID": message_id,
+            "Priority": 2,
+        }
         if move_originator is not None:
-            req.MoveOriginatorApplicationEntityTitle = move_originator[0]
-            req.MoveOriginatorMessageID = move_originator[1]
-        req.DataSet = BytesIO(dataset)
-        await self.send(C_STORE_RQ(), req, context_id)
-        _, rsp = await self.receive()
-        return int(rsp.Status)
+            command["MoveOriginatorApplicationEntityTitle"] = move_originator[0]
+            command["MoveOriginatorMessageID"] = move_originator[1]
+        await self.send(context_id, command, dataset)
+        return (await self.receive()).status
 
 
 class Association(Link):
@@ -235,11 +245,12 @@ class Association(Link):
             raise UpstreamProtocolError(f"undecodable A-ASSOCIATE-AC: {exc}") from None
         by_id = {cx.context_id: cx for cx in proposed}
         for cx in accepted.presentation_context_definition_results_list:
-            if cx.result == 0 and cx.context_id in by_id and cx.transfer_syntax:
-                ours = by_id[cx.context_id]
+            cid = cx.context_id
+            if cx.result == 0 and cid is not None and cid in by_id and cx.transfer_syntax:
+                ours = by_id[cid]
                 ours.transfer_syntax = [UID(cx.transfer_syntax[0])]
-                self.contexts[cx.context_id] = ours
-                self._by_syntax.setdefault(str(ours.abstract_syntax), cx.context_id)
+                self.contexts[cid] = ours
+                self._by_syntax.setdefault(str(ours.abstract_syntax), cid)
         for item in accepted.user_information:
             if isinstance(item, MaximumLengthNotification) and item.maximum_length_received:
                 self.peer_max_pdu = int(item.maximum_length_received)
@@ -255,32 +266,33 @@ class Association(Link):
 
     async def c_echo(self) -> int:
         cx = self.context_for(VERIFICATION)
-        req = C_ECHO()
-        req.MessageID = self.next_message_id()
-        req.AffectedSOPClassUID = VERIFICATION
+        command: dict[str, int | str] = {
+            "CommandField": codec.C_ECHO_RQ,
+            "AffectedSOPClassUID": VERIFICATION,
+            "MessageID": self.next_message_id(),
+        }
         async with self._busy:
-            await self.send(C_ECHO_RQ(), req, cx)
-            _, rsp = await self.receive()
-        return int(rsp.Status)
+            await self.send(cx, command)
+            return (await self.receive()).status
 
     async def c_find(self, identifier: Dataset, sop_class: str) -> AsyncIterator[Dataset]:
         """Yield each pending match; raise `UpstreamError` on a failure status."""
         cx = self.context_for(sop_class)
         implicit = self.is_implicit(cx)
-        req = C_FIND()
-        req.MessageID = self.next_message_id()
-        req.AffectedSOPClassUID = sop_class
-        req.Priority = 2
-        req.Identifier = BytesIO(encode(identifier, implicit, True))
+        command: dict[str, int | str] = {
+            "CommandField": codec.C_FIND_RQ,
+            "AffectedSOPClassUID": sop_class,
+            "MessageID": self.next_message_id(),
+            "Priority": 2,
+        }
         async with self._busy:
-            await self.send(C_FIND_RQ(), req, cx)
+            await self.send(cx, command, self.encode_dataset(identifier, implicit))
             while True:
-                _, rsp = await self.receive()
-                status = int(rsp.Status)
+                rsp = await self.receive()
+                status = rsp.status
                 if status in PENDING:
-                    if rsp.Identifier is not None:
-                        rsp.Identifier.seek(0)
-                        yield decode(rsp.Identifier, implicit, True)
+                    if rsp.dataset:
+                        yield decode(BytesIO(rsp.dataset), implicit, True)
                     continue
                 if status != 0x0000:
                     raise UpstreamError(f"C-FIND failed with status 0x{status:04X}")
@@ -317,9 +329,9 @@ async def accept(
     except (ValueError, KeyError, IndexError, struct.error) as exc:
         raise UpstreamProtocolError(f"undecodable A-ASSOCIATE-RQ: {exc}") from None
     roles = {
-        item.sop_class_uid: (item.scu_role, item.scp_role)
+        UID(item.sop_class_uid): (item.scu_role, item.scp_role)
         for item in rq.user_information
-        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
     }
     results, reply_roles = negotiate_as_acceptor(
         rq.presentation_context_definition_list, list(supported), roles or None
@@ -327,7 +339,9 @@ async def accept(
     for item in rq.user_information:
         if isinstance(item, MaximumLengthNotification) and item.maximum_length_received:
             link.peer_max_pdu = int(item.maximum_length_received)
-    link.contexts = {int(cx.context_id): cx for cx in results if cx.result == 0}
+    link.contexts = {
+        cx.context_id: cx for cx in results if cx.result == 0 and cx.context_id is not None
+    }
     ac = A_ASSOCIATE()
     ac.application_context_name = APPLICATION_CONTEXT
     ac.calling_ae_title = rq.calling_ae_title

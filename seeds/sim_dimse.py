@@ -19,12 +19,12 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 from pynetdicom import StoragePresentationContexts
-from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 
+from adapters import dimse_codec as codec
 from adapters.dicom_index import DicomIndex, Instance
 from adapters.dicom_match import first
+from adapters.dimse_codec import Message
 from adapters.dul import Association, Link, PeerReleased, accept, supported_contexts
 from adapters.errors import UpstreamError
 
@@ -88,11 +88,11 @@ class DimsePacs:
             link, _calling_ae = await accept(reader, writer, self._contexts)
             self._links.add(link)
             while True:
-                context_id, request = await link.receive()
+                request = await link.receive()
                 delay = self.latency()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await self._dispatch(link, context_id, request)
+                await self._dispatch(link, request)
         except PeerReleased:
             pass
         except (UpstreamError, TimeoutError, ConnectionError) as exc:
@@ -104,46 +104,37 @@ class DimsePacs:
                 self._links.discard(link)
             writer.close()
 
-    async def _dispatch(self, link: Link, cx: int, request: Any) -> None:
-        if isinstance(request, C_ECHO):
-            rsp = C_ECHO()
-            rsp.MessageIDBeingRespondedTo = request.MessageID
-            rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-            rsp.Status = 0x0000
-            await link.send(C_ECHO_RSP(), rsp, cx)
-        elif isinstance(request, C_FIND):
-            await self._find(link, cx, request)
-        elif isinstance(request, C_GET):
-            await self._retrieve(link, cx, request, C_GET(), C_GET_RSP(), destination=None)
-        elif isinstance(request, C_MOVE):
-            await self._move(link, cx, request)
-        elif isinstance(request, C_STORE):
-            await self._store(link, cx, request)
+    async def _dispatch(self, link: Link, request: Message) -> None:
+        kind = request.command_field
+        if kind == codec.C_ECHO_RQ:
+            await link.send(request.context_id, _response(request, codec.C_ECHO_RSP, 0x0000))
+        elif kind == codec.C_FIND_RQ:
+            await self._find(link, request)
+        elif kind == codec.C_GET_RQ:
+            await self._retrieve(link, request, codec.C_GET_RSP, destination=None)
+        elif kind == codec.C_MOVE_RQ:
+            await self._move(link, request)
+        elif kind == codec.C_STORE_RQ:
+            await self._store(link, request)
+        elif kind == codec.C_CANCEL_RQ:
+            pass  # answers are sent whole; nothing is in progress to cancel
         else:
-            raise UpstreamError(f"unsupported DIMSE request {type(request).__name__}")
+            raise UpstreamError(f"unsupported DIMSE command 0x{kind:04X}")
 
     # -- C-FIND ------------------------------------------------------------------------------
 
-    async def _find(self, link: Link, cx: int, request: C_FIND) -> None:
+    async def _find(self, link: Link, request: Message) -> None:
+        cx = request.context_id
         implicit = link.is_implicit(cx)
-        query = _identifier(request.Identifier, implicit)
+        query = _identifier(request.dataset, implicit)
         records = self._query(query)
-
-        async def respond(status: int, identifier: Dataset | None) -> None:
-            rsp = C_FIND()
-            rsp.MessageIDBeingRespondedTo = request.MessageID
-            rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-            rsp.Status = status
-            if identifier is not None:
-                rsp.Identifier = BytesIO(encode(identifier, implicit, True))
-            await link.send(C_FIND_RSP(), rsp, cx)
-
         if records is None:
-            await respond(_IDENTIFIER_MISMATCH, None)
+            await link.send(cx, _response(request, codec.C_FIND_RSP, _IDENTIFIER_MISMATCH))
             return
         for record in records:
-            await respond(0xFF00, _answer(record, query))
-        await respond(0x0000, None)
+            answer = link.encode_dataset(_answer(record, query), implicit)
+            await link.send(cx, _response(request, codec.C_FIND_RSP, 0xFF00), answer)
+        await link.send(cx, _response(request, codec.C_FIND_RSP, 0x0000))
 
     def _query(self, query: Dataset) -> list[dict[str, Any]] | None:
         level = str(query.get("QueryRetrieveLevel", ""))
@@ -165,32 +156,25 @@ class DimsePacs:
 
     # -- C-GET and C-MOVE --------------------------------------------------------------------
 
-    async def _move(self, link: Link, cx: int, request: C_MOVE) -> None:
-        destination = self.move_destinations.get(str(request.MoveDestination).strip())
+    async def _move(self, link: Link, request: Message) -> None:
+        destination = self.move_destinations.get(str(request.get("MoveDestination", "")).strip())
         if destination is None:
-            rsp = C_MOVE()
-            rsp.MessageIDBeingRespondedTo = request.MessageID
-            rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-            rsp.Status = _MOVE_DEST_UNKNOWN
-            await link.send(C_MOVE_RSP(), rsp, cx)
+            rsp = _response(request, codec.C_MOVE_RSP, _MOVE_DEST_UNKNOWN)
+            await link.send(request.context_id, rsp)
             return
-        await self._retrieve(link, cx, request, C_MOVE(), C_MOVE_RSP(), destination=destination)
+        await self._retrieve(link, request, codec.C_MOVE_RSP, destination=destination)
 
     async def _retrieve(
         self,
         link: Link,
-        cx: int,
-        request: Any,
-        rsp: Any,
-        rsp_message: Any,
+        request: Message,
+        response_field: int,
         *,
         destination: tuple[str, int] | None,
     ) -> None:
         """C-GET (sub-operations on this association) or C-MOVE (on a new one)."""
-        query = _identifier(request.Identifier, link.is_implicit(cx))
+        query = _identifier(request.dataset, link.is_implicit(request.context_id))
         instances = self._instances_for(query)
-        rsp.MessageIDBeingRespondedTo = request.MessageID
-        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
         store_link: Link = link
         mover: Association | None = None
         done = failed = 0
@@ -201,17 +185,13 @@ class DimsePacs:
                     destination[0],
                     destination[1],
                     calling_ae=self.ae_title,
-                    called_ae=str(request.MoveDestination).strip(),
+                    called_ae=str(request["MoveDestination"]).strip(),
                     abstract_syntaxes=classes or [VERIFICATION],
                 )
                 store_link = mover
+            originator = None if mover is None else (self.ae_title, int(request["MessageID"]))
             for n, inst in enumerate(instances, start=1):
-                ok = await self._send_instance(
-                    store_link,
-                    inst,
-                    n,
-                    None if mover is None else (self.ae_title, int(request.MessageID)),
-                )
+                ok = await self._send_instance(store_link, inst, n, originator)
                 done, failed = done + ok, failed + (not ok)
         except UpstreamError as exc:
             log.info("retrieve sub-operations stopped: %s", exc)
@@ -219,11 +199,14 @@ class DimsePacs:
         finally:
             if mover is not None:
                 await mover.release()
-        rsp.Status = 0x0000 if failed == 0 else _SUBOPS_FAILED if done else _UNABLE
-        rsp.NumberOfCompletedSuboperations = done
-        rsp.NumberOfFailedSuboperations = failed
-        rsp.NumberOfWarningSuboperations = 0
-        await link.send(rsp_message, rsp, cx)
+        status = 0x0000 if failed == 0 else _SUBOPS_FAILED if done else _UNABLE
+        rsp = _response(request, response_field, status)
+        rsp.update(
+            NumberOfCompletedSuboperations=done,
+            NumberOfFailedSuboperations=failed,
+            NumberOfWarningSuboperations=0,
+        )
+        await link.send(request.context_id, rsp)
 
     async def _send_instance(
         self, link: Link, inst: Instance, message_id: int, originator: tuple[str, int] | None
@@ -267,49 +250,54 @@ class DimsePacs:
 
     # -- C-STORE -----------------------------------------------------------------------------
 
-    async def _store(self, link: Link, cx: int, request: C_STORE) -> None:
-        rsp = C_STORE()
-        rsp.MessageIDBeingRespondedTo = request.MessageID
-        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-        rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
-        ts = UID(link.contexts[cx].transfer_syntax[0])
+    async def _store(self, link: Link, request: Message) -> None:
+        rsp = _response(request, codec.C_STORE_RSP, 0x0000)
+        rsp["AffectedSOPInstanceUID"] = request["AffectedSOPInstanceUID"]
+        ts = UID(link.contexts[request.context_id].transfer_syntax[0])
         try:
-            path = self.stow_dir / f"{request.AffectedSOPInstanceUID}.dcm"
+            sop_uid = str(request["AffectedSOPInstanceUID"])
+            path = self.stow_dir / f"{sop_uid}.dcm"
             ds = await asyncio.to_thread(
                 _save,
                 path,
-                request.DataSet.getvalue(),
+                request.dataset or b"",
                 ts,
-                str(request.AffectedSOPClassUID),
-                str(request.AffectedSOPInstanceUID),
+                str(request["AffectedSOPClassUID"]),
+                sop_uid,
             )
             self.index.add(path, ds)
-            rsp.Status = 0x0000
         except Exception:
             log.exception("C-STORE could not be stored")
-            rsp.Status = 0xC210  # Cannot understand
-        await link.send(C_STORE_RSP(), rsp, cx)
+            rsp["Status"] = 0xC210  # Cannot understand
+        await link.send(request.context_id, rsp)
 
 
-def _identifier(stream: BytesIO | None, implicit: bool) -> Dataset:
-    if stream is None:
+def _response(request: Message, command_field: int, status: int) -> dict[str, int | str]:
+    return {
+        "CommandField": command_field,
+        "AffectedSOPClassUID": request.get("AffectedSOPClassUID", ""),
+        "MessageIDBeingRespondedTo": request.get("MessageID", 0),
+        "Status": status,
+    }
+
+
+def _identifier(data: bytes | None, implicit: bool) -> Dataset:
+    if not data:
         return Dataset()
-    stream.seek(0)
-    ds: Dataset = decode(stream, implicit, True)
+    ds: Dataset = decode(BytesIO(data), implicit, True)
     return ds
 
 
 def _encoded_dataset(path: Path, ts: UID) -> bytes:
     ds = pydicom.dcmread(path)
-    data: bytes = encode(ds, ts.is_implicit_VR, ts.is_little_endian)
-    return data
+    return Link.encode_dataset(ds, ts.is_implicit_VR)
 
 
 def _save(path: Path, data: bytes, ts: UID, sop_class: str, sop_instance: str) -> Dataset:
     """Write a received dataset as a Part 10 file without re-encoding it."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ts
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     path.parent.mkdir(parents=True, exist_ok=True)
