@@ -28,13 +28,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seeds.generator import generate
-
 from adapters.types import DicomWebEndpoint, DimseEndpoint
 from gateway.config import Settings
 from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
+from seeds.generator import generate
 from tests.city import free_port, start_simulator, stop_process
 
 QUERY = {"StudyDate": "20240101-20261231", "limit": "1000"}

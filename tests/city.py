@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from seeds.generator import generate
 
 CITY_PATIENTS = 12
