@@ -62,6 +62,8 @@ class Instance:
 class Study:
     uid: str
     series: dict[str, list[Instance]] = field(default_factory=dict)
+    #: The study-level record, computed once and dropped whenever an instance is added.
+    record: DicomJson | None = None
 
     def instances(self) -> Iterator[Instance]:
         for instances in self.series.values():
@@ -124,7 +126,9 @@ class DicomIndex:
     ) -> list[DicomJson]:
         out: list[DicomJson] = []
         for study in self.studies():
-            record = study_record(study)
+            if study.record is None:
+                study.record = study_record(study)
+            record = study.record
             if matches(record, match):
                 out.append(record)
         out.sort(

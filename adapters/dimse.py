@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from typing import TypeVar
 
 from pydicom.dataset import Dataset
@@ -50,17 +51,13 @@ class DimseImaging:
             raise UpstreamError(f"C-ECHO answered status 0x{status:04X}")
 
     async def search_studies(self, query: StudyQuery) -> list[DicomJson]:
-        identifier = Dataset()
-        identifier.SpecificCharacterSet = "ISO_IR 192"
-        identifier.QueryRetrieveLevel = "STUDY"
-        for keyword in _STUDY_RETURN_KEYS:
-            setattr(identifier, keyword, "")
-        for keyword, value in query.match.items():
-            setattr(identifier, keyword, value)
+        match = tuple(sorted(query.match.items()))
 
         async def find(assoc: Association) -> list[DicomJson]:
             out: list[DicomJson] = []
-            async for found in assoc.c_find(identifier, STUDY_ROOT_FIND):
+            async for found in assoc.c_find(
+                lambda implicit: _study_query(match, implicit), STUDY_ROOT_FIND
+            ):
                 if "QueryRetrieveLevel" in found:
                     del found.QueryRetrieveLevel
                 out.append(found.to_json_dict())
@@ -117,3 +114,16 @@ class DimseImaging:
                 called_ae=e.ae_title,
                 abstract_syntaxes=_ABSTRACT_SYNTAXES,
             )
+
+
+@lru_cache(maxsize=1024)
+def _study_query(match: tuple[tuple[str, str], ...], implicit: bool) -> bytes:
+    """A STUDY-level C-FIND identifier, encoded once per query for every facility asked."""
+    identifier = Dataset()
+    identifier.SpecificCharacterSet = "ISO_IR 192"
+    identifier.QueryRetrieveLevel = "STUDY"
+    for keyword in _STUDY_RETURN_KEYS:
+        setattr(identifier, keyword, "")
+    for keyword, value in match:
+        setattr(identifier, keyword, value)
+    return Association.encode_dataset(identifier, implicit)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from io import BytesIO
 from typing import Any
 
@@ -104,9 +104,12 @@ class Link:
         self, context_id: int, command: dict[str, int | str], dataset: bytes | None = None
     ) -> None:
         packed = codec.encode_command(command, has_dataset=dataset is not None)
-        for pdu in codec.fragments(context_id, packed, dataset, self.peer_max_pdu):
-            self.writer.write(pdu)
-        await self.writer.drain()
+        try:
+            for pdu in codec.fragments(context_id, packed, dataset, self.peer_max_pdu):
+                self.writer.write(pdu)
+            await self.writer.drain()
+        except ConnectionError as exc:
+            raise UpstreamUnavailable(f"connection lost: {exc}") from None
 
     @staticmethod
     def encode_dataset(ds: Dataset, implicit: bool) -> bytes:
@@ -275,10 +278,21 @@ class Association(Link):
             await self.send(cx, command)
             return (await self.receive()).status
 
-    async def c_find(self, identifier: Dataset, sop_class: str) -> AsyncIterator[Dataset]:
-        """Yield each pending match; raise `UpstreamError` on a failure status."""
+    async def c_find(
+        self, identifier: Dataset | Callable[[bool], bytes], sop_class: str
+    ) -> AsyncIterator[Dataset]:
+        """Yield each pending match; raise `UpstreamError` on a failure status.
+
+        ``identifier`` is a dataset, or a function giving it already encoded (Implicit VR when
+        called with True), so a fan-out can encode one query once for every facility.
+        """
         cx = self.context_for(sop_class)
         implicit = self.is_implicit(cx)
+        encoded = (
+            self.encode_dataset(identifier, implicit)
+            if isinstance(identifier, Dataset)
+            else identifier(implicit)
+        )
         command: dict[str, int | str] = {
             "CommandField": codec.C_FIND_RQ,
             "AffectedSOPClassUID": sop_class,
@@ -286,7 +300,7 @@ class Association(Link):
             "Priority": 2,
         }
         async with self._busy:
-            await self.send(cx, command, self.encode_dataset(identifier, implicit))
+            await self.send(cx, command, encoded)
             while True:
                 rsp = await self.receive()
                 status = rsp.status

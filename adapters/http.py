@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 
@@ -16,7 +17,7 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 
 async def get_json(
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     *,
     params: Mapping[str, str] | None = None,
     accept: str,

@@ -66,6 +66,12 @@ async def timed_queries(url: str, n: int, *, concurrency: int = 1) -> tuple[list
     return latencies, last_count, warning
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def set_fault(control: int, fid: str, mode: str) -> None:
     req = urllib.request.Request(
         f"http://127.0.0.1:{control}/_sim/faults/{fid}",
@@ -140,13 +146,17 @@ def main() -> None:
         asyncio.run(timed_queries(url, 10))  # warm up: connections, associations, caches
         direct_ms, _, _ = asyncio.run(timed_queries(f"{direct.imaging.url}/studies", n))
         print(f"  direct to one facility ({direct.id}): p50 {statistics.median(direct_ms):.1f} ms")
+        cpu = (cpu_seconds(gateway.pid), cpu_seconds(sim.pid))
         all_ms, count, warning = asyncio.run(timed_queries(url, n))
+        gateway_cpu = (cpu_seconds(gateway.pid) - cpu[0]) / n * 1000
+        sim_cpu = (cpu_seconds(sim.pid) - cpu[1]) / n * 1000
         assert not warning, warning
         print(
             f"  all up:   p50 {percentile(all_ms, 50):.1f} ms  p99 {percentile(all_ms, 99):.1f} ms"
             f"  ({n} queries, {count} studies each)"
         )
 
+        print(f"  CPU per query: gateway {gateway_cpu:.1f} ms, simulated city {sim_cpu:.1f} ms")
         dead = [f.id for f in registry if isinstance(f.imaging, DicomWebEndpoint)][:3] + [
             f.id for f in registry if isinstance(f.imaging, DimseEndpoint)
         ][:2]
@@ -166,6 +176,8 @@ def main() -> None:
             "direct_p50_ms": round(statistics.median(direct_ms), 1),
             "fanout_p50_ms": round(percentile(all_ms, 50), 1),
             "fanout_p99_ms": round(percentile(all_ms, 99), 1),
+            "gateway_cpu_ms_per_query": round(gateway_cpu, 1),
+            "simulator_cpu_ms_per_query": round(sim_cpu, 1),
             "dead5_p50_ms": round(percentile(dead_ms, 50), 1),
             "dead5_p99_ms": round(percentile(dead_ms, 99), 1),
             "dead5_p50_change_ms": round(percentile(dead_ms, 50) - percentile(all_ms, 50), 1),

@@ -80,6 +80,13 @@ async def test_failures_are_reported_per_facility_and_the_rest_still_answer(
     web = _facilities_with_studies(city.data_dir, core.registry, DicomWebEndpoint)
     dimse = _facilities_with_studies(city.data_dir, core.registry, DimseEndpoint)
     down, slow, garbage, garbage_dimse = web[0], web[1], web[2], dimse[0]
+    down_dimse = next(
+        f.id
+        for f in core.registry
+        if isinstance(f.imaging, DimseEndpoint) and f.id not in dimse[:2]
+    )
+    await core.imaging.search_studies({})  # associations are now pooled, then dropped below
+    city.fault(down_dimse, "down")
     city.fault(down, "down")
     city.fault(slow, "ok", latency_ms=5000)
     city.fault(garbage, "garbage")
@@ -97,8 +104,10 @@ async def test_failures_are_reported_per_facility_and_the_rest_still_answer(
     assert outcomes[slow].status is OutcomeStatus.TIMEOUT
     assert outcomes[garbage].status is OutcomeStatus.ERROR
     assert outcomes[garbage_dimse].status is OutcomeStatus.ERROR
+    assert outcomes[down_dimse].status is OutcomeStatus.ERROR
+    assert "internal error" not in (outcomes[down_dimse].detail or "")
     failed = {o.facility_id for o in result.failures}
-    assert failed == {down, slow, garbage, garbage_dimse}
+    assert failed == {down, slow, garbage, garbage_dimse, down_dimse}
     holders = {fid for fid, _ in result.items}
     assert holders and not holders & failed
     assert web[3] in holders and dimse[1] in holders
