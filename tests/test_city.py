@@ -6,6 +6,7 @@ adapters reach them over DICOMweb, DIMSE and FHIR, and faults are injected per f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,3 +146,71 @@ async def test_readiness_probe_reports_all_facilities(core: Core, city: City) ->
 def test_registry_matches_what_the_simulator_serves() -> None:
     """Sanity: the shipped registry is the one the city fixture runs (111 facilities)."""
     assert len(load_registry()) == 111
+
+
+async def test_fan_out_never_blocks_the_event_loop(core: Core) -> None:
+    """A 5 ms ticker keeps ticking while full fan-outs run: no blocking call on the loop."""
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lags.append(time.perf_counter() - t - 0.005)
+
+    tick = asyncio.create_task(ticker())
+    for _ in range(5):
+        await core.imaging.search_studies({})
+    stop.set()
+    await tick
+    # A blocking DIMSE or file call would stall the loop for the whole upstream round trip.
+    assert len(lags) > 5 and max(lags) < 0.1, max(lags)
+
+
+async def test_hl7_feed_of_a_facility_is_sent_and_acknowledged(city: City) -> None:
+    """The simulator pushes a facility's lab results as ORU^R01 over MLLP, each one ACKed."""
+    from adapters.mllp import frame, read_frame
+    from seeds.hl7_sender import control_id_of
+
+    received: list[bytes] = []
+
+    async def receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (message := await read_frame(reader)) is not None:
+            received.append(message)
+            control = control_id_of(message)
+            msh = f"MSH|^~\\&|HUREN|HUREN|LIS|F|20261124||ACK^R01^ACK|A{control}|P|2.5.1"
+            ack = f"{msh}\rMSA|AA|{control}\r"
+            writer.write(frame(ack.encode()))
+            await writer.drain()
+        writer.close()
+
+    registry = load_registry()
+    feeds = [f for f in registry if f.lab.kind == "hl7v2"]
+    fid = next(
+        f.id
+        for f in feeds
+        if '"LAB"'
+        in (
+            (city.data_dir / "seed" / "fhir" / f"{f.id}.ndjson").read_text(encoding="utf-8")
+            if (city.data_dir / "seed" / "fhir" / f"{f.id}.ndjson").exists()
+            else ""
+        )
+    )
+    server = await asyncio.start_server(receiver, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        body = await asyncio.to_thread(
+            _post, f"{city.control_url}/_sim/hl7/{fid}?target=127.0.0.1:{port}"
+        )
+    assert body["accepted"] == len(received) > 0 and body["rejected"] == 0
+    assert all(m.startswith(b"MSH|^~\\&|") and b"ORU^R01" in m for m in received)
+
+
+def _post(url: str) -> dict[str, int]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60) as resp:
+        data: dict[str, int] = json.loads(resp.read())
+        return data
