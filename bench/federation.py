@@ -34,7 +34,7 @@ from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
-from tests.city import free_port, start_simulator, stop_process
+from tests.city import City, free_port, start_simulator, stop_process
 
 QUERY = {"StudyDate": "20240101-20261231", "limit": "1000"}
 
@@ -70,15 +70,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def set_fault(control: int, fid: str, mode: str) -> None:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{control}/_sim/faults/{fid}",
-        data=json.dumps({"mode": mode}).encode(),
-        method="PUT",
-    )
-    urllib.request.urlopen(req, timeout=30).close()
 
 
 def wait_ready(port: int, timeout: float = 60) -> None:
@@ -160,8 +151,9 @@ def main() -> None:
         dead = [f.id for f in registry if isinstance(f.imaging, DicomWebEndpoint)][:3] + [
             f.id for f in registry if isinstance(f.imaging, DimseEndpoint)
         ][:2]
+        city = City(data_dir, f"http://127.0.0.1:{control}", sim)
         for fid in dead:
-            set_fault(control, fid, "down")
+            city.fault(fid, "down")
         opening, _, _ = asyncio.run(timed_queries(url, 4))  # breakers open after 3 failures
         dead_ms, count_dead, warning = asyncio.run(timed_queries(url, n))
         assert all(fid in warning for fid in dead), warning

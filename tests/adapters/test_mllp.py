@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 
 import pytest
@@ -18,31 +17,12 @@ from adapters.mllp import (
     read_frame,
     send_and_wait_ack,
 )
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-Serve = Callable[[Handler], Awaitable[int]]
+from tests.loopback import Handler, Serve
 
 MESSAGE = (
     "MSH|^~\\&|LIS|F001|HUREN|HUREN|20240305101500+0800||ORU^R01^ORU_R01|1|P|2.5.1\r"
     "PID|1||M1^^^F001^MR||王^小明\r"
 ).encode()
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start loopback servers on demand; close them all afterwards."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ from seeds.hl7_sender import (
     send_feed,
     unescape,
 )
+from tests.loopback import Serve
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-Serve = Callable[[Handler], Awaitable[int]]
 Resource = dict[str, Any]
 
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
@@ -164,23 +162,6 @@ class Receiver:
             writer.close()
             with suppress(OSError):
                 await writer.wait_closed()
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start loopback servers on demand; close them all afterwards."""
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        servers.append(server)
-        port: int = server.sockets[0].getsockname()[1]
-        return port
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 def _messages(n: int) -> list[bytes]:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
@@ -42,6 +43,18 @@ def _seed_files(city: City, fid: str) -> list[Path]:
     return sorted((city.data_dir / "seed" / "dicom" / fid).rglob("*.dcm"))
 
 
+def _dcmtk(
+    tool: str,
+    ep: DimseEndpoint,
+    *,
+    keys: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> None:
+    """Run a dcmtk Query/Retrieve tool (Study Root) against a simulated PACS."""
+    args = [tool, "-S", "-aec", ep.ae_title, *(a for k in keys for a in ("-k", k)), *extra]
+    subprocess.run([*args, ep.host, str(ep.port)], check=True, timeout=60)
+
+
 def _dimse(f: Facility) -> DimseEndpoint:
     assert isinstance(f.imaging, DimseEndpoint)
     return f.imaging
@@ -54,28 +67,16 @@ def test_echoscu_and_findscu_against_a_dimse_facility(city: City, tmp_path: Path
     ep = _dimse(f)
     subprocess.run(["echoscu", "-aec", ep.ae_title, ep.host, str(ep.port)], check=True, timeout=30)
     ds = pydicom.dcmread(_seed_files(city, f.id)[0], stop_before_pixels=True)
-    subprocess.run(
-        [
-            "findscu",
-            "-S",
-            "-aec",
-            ep.ae_title,
-            "-k",
+    _dcmtk(
+        "findscu",
+        ep,
+        keys=[
             "QueryRetrieveLevel=STUDY",
-            "-k",
             f"PatientID={ds.PatientID}",
-            "-k",
             "StudyInstanceUID",
-            "-k",
             "InstitutionName",
-            "-X",
-            "-od",
-            str(tmp_path),
-            ep.host,
-            str(ep.port),
         ],
-        check=True,
-        timeout=30,
+        extra=["-X", "-od", str(tmp_path)],
     )
     answers = [pydicom.dcmread(p) for p in tmp_path.glob("rsp*.dcm")]
     assert ds.StudyInstanceUID in {a.StudyInstanceUID for a in answers}
@@ -89,23 +90,11 @@ def test_getscu_retrieves_byte_identical_pixel_data(city: City, tmp_path: Path) 
     ep = _dimse(f)
     first = pydicom.dcmread(_seed_files(city, f.id)[0])
     study = [p for p in _seed_files(city, f.id) if p.parent.parent.name == first.StudyInstanceUID]
-    subprocess.run(
-        [
-            "getscu",
-            "-S",
-            "-aec",
-            ep.ae_title,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={first.StudyInstanceUID}",
-            "-od",
-            str(tmp_path),
-            ep.host,
-            str(ep.port),
-        ],
-        check=True,
-        timeout=60,
+    _dcmtk(
+        "getscu",
+        ep,
+        keys=["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={first.StudyInstanceUID}"],
+        extra=["-od", str(tmp_path)],
     )
     got = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in tmp_path.iterdir()}
     assert len(got) == len(study)
@@ -130,28 +119,16 @@ def test_storescu_then_findscu_finds_the_stored_instance(city: City, tmp_path: P
     )
     out = tmp_path / "find"
     out.mkdir()
-    subprocess.run(
-        [
-            "findscu",
-            "-S",
-            "-aec",
-            ep.ae_title,
-            "-k",
+    _dcmtk(
+        "findscu",
+        ep,
+        keys=[
             "QueryRetrieveLevel=IMAGE",
-            "-k",
             f"StudyInstanceUID={ds.StudyInstanceUID}",
-            "-k",
             f"SeriesInstanceUID={ds.SeriesInstanceUID}",
-            "-k",
             f"SOPInstanceUID={ds.SOPInstanceUID}",
-            "-X",
-            "-od",
-            str(out),
-            ep.host,
-            str(ep.port),
         ],
-        check=True,
-        timeout=30,
+        extra=["-X", "-od", str(out)],
     )
     assert [pydicom.dcmread(p).SOPInstanceUID for p in out.glob("rsp*.dcm")] == [ds.SOPInstanceUID]
 
