@@ -240,12 +240,7 @@ class Association(Link):
             )
         if kind != _ASSOCIATE_AC:
             raise UpstreamProtocolError(f"expected A-ASSOCIATE-AC, got PDU type 0x{kind:02X}")
-        ac = A_ASSOCIATE_AC()
-        try:
-            ac.decode(raw)
-            accepted = ac.to_primitive()
-        except (ValueError, KeyError, IndexError, struct.error) as exc:
-            raise UpstreamProtocolError(f"undecodable A-ASSOCIATE-AC: {exc}") from None
+        accepted = _decode_pdu(A_ASSOCIATE_AC(), raw, "A-ASSOCIATE-AC")
         by_id = {cx.context_id: cx for cx in proposed}
         for cx in accepted.presentation_context_definition_results_list:
             cid = cx.context_id
@@ -336,12 +331,7 @@ async def accept(
         kind, raw = await link.read_pdu()
     if kind != _ASSOCIATE_RQ:
         raise UpstreamProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
-    rq_pdu = A_ASSOCIATE_RQ()
-    try:
-        rq_pdu.decode(raw)
-        rq = rq_pdu.to_primitive()
-    except (ValueError, KeyError, IndexError, struct.error) as exc:
-        raise UpstreamProtocolError(f"undecodable A-ASSOCIATE-RQ: {exc}") from None
+    rq = _decode_pdu(A_ASSOCIATE_RQ(), raw, "A-ASSOCIATE-RQ")
     roles = {
         UID(item.sop_class_uid): (item.scu_role, item.scp_role)
         for item in rq.user_information
@@ -386,6 +376,15 @@ def supported_contexts(
             cx.scp_role = True
         out.append(cx)
     return out
+
+
+def _decode_pdu(pdu: Any, raw: bytes, name: str) -> Any:
+    """Decode an association PDU to its primitive; a malformed one is a protocol error."""
+    try:
+        pdu.decode(raw)
+        return pdu.to_primitive()
+    except (ValueError, KeyError, IndexError, struct.error) as exc:
+        raise UpstreamProtocolError(f"undecodable {name}: {exc}") from None
 
 
 def _proposed(

@@ -34,7 +34,7 @@ from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
-from tests.city import City, free_port, start_simulator, stop_process
+from tests.city import City, free_port, huren_command, start_simulator, stop_process
 
 QUERY = {"StudyDate": "20240101-20261231", "limit": "1000"}
 
@@ -111,18 +111,7 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "HUREN_FEDERATION_DEADLINE": "1.0", "HUREN_BREAKER_RESET": "3600"}
     gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "WARNING",
-            "serve",
-            "--port",
-            str(port),
-        ],
+        huren_command(data_dir, "serve", "--port", str(port)),
         env=env,
     )
     try:

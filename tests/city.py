@@ -57,11 +57,9 @@ class City:
         return data
 
 
-def start_simulator(
-    data_dir: Path, *extra: str, latency_ms: float = 0.0
-) -> tuple[subprocess.Popen[bytes], int]:
-    control = free_port()
-    cmd = [
+def huren_command(data_dir: Path, *args: str) -> list[str]:
+    """The `huren` CLI of this interpreter, quiet, on a data dir."""
+    return [
         sys.executable,
         "-m",
         "gateway.cli",
@@ -69,13 +67,23 @@ def start_simulator(
         str(data_dir),
         "--log-level",
         "WARNING",
+        *args,
+    ]
+
+
+def start_simulator(
+    data_dir: Path, *extra: str, latency_ms: float = 0.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    control = free_port()
+    cmd = huren_command(
+        data_dir,
         "simulate",
         "--latency-ms",
         str(latency_ms),
         "--control-port",
         str(control),
         *extra,
-    ]
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT
