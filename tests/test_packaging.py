@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.city import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +91,96 @@ def test_import_contracts_hold() -> None:
     exe = Path(sys.executable).with_name("lint-imports")
     proc = subprocess.run([str(exe), "--no-cache"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_huren_seed_writes_a_deterministic_seed(tmp_path: Path) -> None:
+    """`huren seed --patients N --seed S` writes the manifest; the same call twice is identical."""
+    for run in ("a", "b"):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "--data-dir",
+                str(tmp_path / run),
+                "seed",
+                "--patients",
+                "3",
+                "--seed",
+                "5",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    a, b = (json.loads((tmp_path / r / "seed" / "manifest.json").read_text()) for r in "ab")
+    assert a == b and a["patients"] == 3 and a["seed"] == 5
+    assert (tmp_path / "a" / "seed" / "patients.json").read_bytes() == (
+        tmp_path / "b" / "seed" / "patients.json"
+    ).read_bytes()
+
+
+def test_huren_demo_comes_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """The main job: seeds, starts the city and the gateway, /readyz says all reachable, and
+    SIGINT stops every process (run on shifted ports so it can sit beside the test city)."""
+    registry = json.loads((ROOT / "seeds" / "facilities.json").read_text(encoding="utf-8"))
+    for f in registry["facilities"]:
+        for system in (f["imaging"], f["lab"]):
+            if "url" in system:
+                system["url"] = re.sub(
+                    r":(\d+)/", lambda m: f":{int(m.group(1)) + 3000}/", system["url"]
+                )
+            if "port" in system:
+                system["port"] += 3000
+    shifted = tmp_path / "facilities.json"
+    shifted.write_text(json.dumps(registry, ensure_ascii=False), encoding="utf-8")
+    port = free_port()
+    env = {**os.environ, "HUREN_REGISTRY_PATH": str(shifted)}
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--log-level",
+            "WARNING",
+            "demo",
+            "--patients",
+            "5",
+            "--port",
+            str(port),
+            "--dimse-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert demo.stdout is not None
+        out = ""
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops everything" not in out and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            out += line
+        assert f"http://127.0.0.1:{port}/readyz" in out, out
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as resp:
+            ready = json.loads(resp.read())
+        assert ready["status"] == "ready" and len(ready["facilities"]) == 111
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/dicomweb/studies", timeout=30
+        ) as resp:
+            studies = json.loads(resp.read())
+        assert len({s["00111001"]["Value"][0] for s in studies}) > 3
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    # The simulated city went with it: its first facility's port is free again.
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", 21001)) != 0
