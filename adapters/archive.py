@@ -11,11 +11,14 @@ import asyncio
 import hashlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from pathlib import Path
 
-from .dicom_index import DicomIndex
-from .types import DicomJson, StudyQuery
+from .dicom_index import DicomIndex, Instance
+from .errors import UpstreamError
+from .files import file_chunks, header_json
+from .types import DicomJson, RetrievedInstance, StudyQuery, Target
 
 
 class Archive:
@@ -88,3 +91,25 @@ class ArchiveImaging:
         return await loop.run_in_executor(
             self.executor, lambda: self.index.search_studies(query.match, limit=query.limit)
         )
+
+    async def search_series(self, study: str, query: StudyQuery) -> list[DicomJson]:
+        return self.index.search_series(study, query.match, limit=query.limit)
+
+    async def search_instances(
+        self, study: str, series: str | None, query: StudyQuery
+    ) -> list[DicomJson]:
+        return self.index.search_instances(study, series, query.match, limit=query.limit)
+
+    async def metadata(self, target: Target) -> list[DicomJson]:
+        instances = self._instances(target)
+        return [await asyncio.to_thread(header_json, i.path) for i in instances]
+
+    async def retrieve(self, target: Target) -> AsyncIterator[RetrievedInstance]:
+        for inst in self._instances(target):
+            yield RetrievedInstance(inst.transfer_syntax or None, file_chunks(inst.path))
+
+    def _instances(self, target: Target) -> list[Instance]:
+        found = self.index.instances(target.study, target.series, target.instance)
+        if not found:
+            raise UpstreamError("no such study, series or instance in the archive", status=404)
+        return found

@@ -1,14 +1,26 @@
-"""A facility PACS reached over DICOMweb (PS3.18): QIDO-RS for search."""
+"""A facility PACS reached over DICOMweb (PS3.18): QIDO-RS to search, WADO-RS to retrieve.
+
+Retrieval streams: each multipart part is relayed chunk by chunk as it arrives, so a study of
+any size passes through in constant memory.
+"""
 
 from __future__ import annotations
 
-import aiohttp
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from urllib.parse import quote, urlencode
 
-from .errors import UpstreamProtocolError
-from .http import get_json
-from .types import DicomJson, DicomWebEndpoint, StudyQuery
+import aiohttp
+from yarl import URL
+
+from .errors import UpstreamError, UpstreamProtocolError
+from .http import get_json, upstream_errors
+from .types import DicomJson, DicomWebEndpoint, RetrievedInstance, StudyQuery, Target
 
 DICOM_JSON = "application/dicom+json"
+#: Ask for instances as stored: the gateway relays, it does not transcode on the way.
+MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+CHUNK = 256 * 1024
 
 
 class DicomWebImaging:
@@ -20,25 +32,85 @@ class DicomWebImaging:
         await self.search_studies(StudyQuery(match={}, limit=1))
 
     async def search_studies(self, query: StudyQuery) -> list[DicomJson]:
-        params = {k: v for k, v in query.match.items() if v}
-        if query.limit is not None:
-            params["limit"] = str(query.limit)
-        data = await get_json(
-            self.session,
-            f"{self.endpoint.url}/studies",
-            params=params,
-            accept=DICOM_JSON,
-            ok_empty=True,
+        return await self._qido("studies", query)
+
+    async def search_series(self, study: str, query: StudyQuery) -> list[DicomJson]:
+        return await self._qido(f"studies/{study}/series", query)
+
+    async def search_instances(
+        self, study: str, series: str | None, query: StudyQuery
+    ) -> list[DicomJson]:
+        path = (
+            f"studies/{study}/series/{series}/instances" if series else f"studies/{study}/instances"
         )
+        return await self._qido(path, query)
+
+    async def metadata(self, target: Target) -> list[DicomJson]:
+        data = await get_json(self.session, f"{self._url(target)}/metadata", accept=DICOM_JSON)
         return _datasets(data)
+
+    async def retrieve(self, target: Target) -> AsyncIterator[RetrievedInstance]:
+        async with upstream_errors():
+            async with self.session.get(
+                self._url(target), headers={"Accept": MULTIPART_DICOM}
+            ) as resp:
+                if resp.status >= 400:
+                    raise UpstreamError(f"HTTP {resp.status} from WADO-RS", status=resp.status)
+                if not resp.content_type.startswith("multipart/"):
+                    raise UpstreamProtocolError(
+                        f"WADO-RS answered {resp.content_type}, not multipart"
+                    )
+                reader = aiohttp.MultipartReader(resp.headers, resp.content)
+                while (part := await reader.next()) is not None:
+                    if not isinstance(part, aiohttp.BodyPartReader):
+                        raise UpstreamProtocolError("nested multipart in a WADO-RS answer")
+                    yield RetrievedInstance(_transfer_syntax(part), _chunks(part))
+
+    async def _qido(self, path: str, query: StudyQuery) -> list[DicomJson]:
+        params = tuple(sorted((k, v) for k, v in query.match.items() if v))
+        if query.limit is not None:
+            params += (("limit", str(query.limit)),)
+        url = URL(f"{self.endpoint.url}/{path}?{_query_string(params)}", encoded=True)
+        data = await get_json(self.session, url, accept=DICOM_JSON, ok_empty=True)
+        return _datasets(data)
+
+    def _url(self, target: Target) -> str:
+        url = f"{self.endpoint.url}/studies/{target.study}"
+        if target.series:
+            url += f"/series/{target.series}"
+            if target.instance:
+                url += f"/instances/{target.instance}"
+        return url
+
+
+async def _chunks(part: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:
+    async with upstream_errors():
+        while chunk := await part.read_chunk(CHUNK):
+            yield chunk
+
+
+def _transfer_syntax(part: aiohttp.BodyPartReader) -> str | None:
+    ctype = part.headers.get("Content-Type", "")
+    for param in ctype.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "transfer-syntax":
+            return value.strip('"') or None
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _query_string(params: tuple[tuple[str, str], ...]) -> str:
+    """Encoded once per query for every facility asked (yarl's per-request encoding showed
+    up as a tenth of the gateway's CPU in the fan-out benchmark)."""
+    return urlencode(params, quote_via=quote)
 
 
 def _datasets(data: object) -> list[DicomJson]:
-    """Check the QIDO answer has the PS3.18 F.2 shape: an array of objects keyed by tags."""
+    """Check a DICOM JSON answer has the PS3.18 F.2 shape: an array of objects keyed by tags."""
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise UpstreamProtocolError("QIDO-RS answer is not an array of DICOM JSON datasets")
+        raise UpstreamProtocolError("answer is not an array of DICOM JSON datasets")
     for d in data:
         for tag, element in d.items():
             if len(tag) != 8 or not isinstance(element, dict) or "vr" not in element:
-                raise UpstreamProtocolError(f"QIDO-RS answer has a malformed element {tag[:16]!r}")
+                raise UpstreamProtocolError(f"answer has a malformed element {tag[:16]!r}")
     return data

@@ -8,17 +8,25 @@ on asyncio (`adapters.dul`), so a pooled association costs nothing while idle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
+from io import BytesIO
 from typing import TypeVar
 
-from pydicom.dataset import Dataset
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
-from .dicom_index import STUDY_KEYWORDS
+from .dicom_index import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
+from .dimse_codec import Message
 from .dul import Association
 from .errors import UpstreamError, UpstreamUnavailable
-from .types import DicomJson, DimseEndpoint, StudyQuery
+from .types import DicomJson, DimseEndpoint, RetrievedInstance, StudyQuery, Target
 
 T = TypeVar("T")
 
@@ -26,6 +34,31 @@ VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 _ABSTRACT_SYNTAXES = (VERIFICATION, STUDY_ROOT_FIND, PATIENT_ROOT_FIND)
+_SERIES_RETURN_KEYS = (*SERIES_KEYWORDS, "StudyInstanceUID", "NumberOfSeriesRelatedInstances")
+_INSTANCE_RETURN_KEYS = (*INSTANCE_KEYWORDS, "StudyInstanceUID", "SeriesInstanceUID")
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+#: Storage classes proposed for C-GET sub-operations: the imaging a city's facilities make.
+#: (An association carries at most 128 contexts, so not all of PS3.4 Annex B.)
+RETRIEVABLE_STORAGE = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image - For Processing
+    "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image - For Presentation
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+)
 _STUDY_RETURN_KEYS = (
     *STUDY_KEYWORDS,
     "ModalitiesInStudy",
@@ -51,20 +84,82 @@ class DimseImaging:
             raise UpstreamError(f"C-ECHO answered status 0x{status:04X}")
 
     async def search_studies(self, query: StudyQuery) -> list[DicomJson]:
-        match = tuple(sorted(query.match.items()))
+        return await self._find("STUDY", _STUDY_RETURN_KEYS, query.match, query.limit)
+
+    async def search_series(self, study: str, query: StudyQuery) -> list[DicomJson]:
+        match = {**query.match, "StudyInstanceUID": study}
+        return await self._find("SERIES", _SERIES_RETURN_KEYS, match, query.limit)
+
+    async def search_instances(
+        self, study: str, series: str | None, query: StudyQuery
+    ) -> list[DicomJson]:
+        match = {**query.match, "StudyInstanceUID": study}
+        if series:
+            match["SeriesInstanceUID"] = series
+        return await self._find("IMAGE", _INSTANCE_RETURN_KEYS, match, query.limit)
+
+    async def retrieve(self, target: Target) -> AsyncIterator[RetrievedInstance]:
+        async for ts, data in self._get(target):
+            yield RetrievedInstance(ts, _once(data))
+
+    async def metadata(self, target: Target) -> list[DicomJson]:
+        out = []
+        async for _, data in self._get(target):
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            out.append(ds.to_json_dict(bulk_data_threshold=1 << 20))
+        return out
+
+    async def _find(
+        self, level: str, keys: tuple[str, ...], match: Mapping[str, str], limit: int | None
+    ) -> list[DicomJson]:
+        frozen = tuple(sorted(match.items()))
 
         async def find(assoc: Association) -> list[DicomJson]:
             out: list[DicomJson] = []
-            async for found in assoc.c_find(
-                lambda implicit: _study_query(match, implicit), STUDY_ROOT_FIND
-            ):
+            encoded = partial(_identifier, level, keys, frozen)
+            async for found in assoc.c_find(encoded, STUDY_ROOT_FIND):
                 if "QueryRetrieveLevel" in found:
                     del found.QueryRetrieveLevel
                 out.append(found.to_json_dict())
             return out
 
         found = await self._run(find)
-        return found if query.limit is None else found[: query.limit]
+        return found if limit is None else found[:limit]
+
+    async def _get(self, target: Target) -> AsyncIterator[tuple[str, bytes]]:
+        """C-GET on an association of its own (it carries storage contexts the pooled ones
+        do not); yields each instance as Part 10 bytes with its transfer syntax."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = (
+            "IMAGE" if target.instance else "SERIES" if target.series else "STUDY"
+        )
+        identifier.StudyInstanceUID = target.study
+        if target.series:
+            identifier.SeriesInstanceUID = target.series
+        if target.instance:
+            identifier.SOPInstanceUID = target.instance
+        e = self.endpoint
+        async with asyncio.timeout(self.timeout):
+            assoc = await Association.open(
+                e.host,
+                e.port,
+                calling_ae=self.calling_ae,
+                called_ae=e.ae_title,
+                abstract_syntaxes=(STUDY_ROOT_GET, *RETRIEVABLE_STORAGE),
+                scp_roles=RETRIEVABLE_STORAGE,
+            )
+        sent = 0
+        try:
+            async for msg in assoc.c_get(identifier, STUDY_ROOT_GET):
+                ts = str(assoc.context(msg.context_id).transfer_syntax[0])
+                sent += 1
+                yield ts, part10(msg, ts)
+        except BaseException:
+            assoc.abort()
+            raise
+        await assoc.release()
+        if sent == 0:
+            raise UpstreamError("no such study, series or instance at the PACS", status=404)
 
     async def _run(self, operation: Callable[[Association], Awaitable[T]]) -> T:
         """Run on a pooled association; if the PACS had dropped it meanwhile, once more fresh."""
@@ -117,13 +212,40 @@ class DimseImaging:
 
 
 @lru_cache(maxsize=1024)
-def _study_query(match: tuple[tuple[str, str], ...], implicit: bool) -> bytes:
-    """A STUDY-level C-FIND identifier, encoded once per query for every facility asked."""
+def _identifier(
+    level: str, keys: tuple[str, ...], match: tuple[tuple[str, str], ...], implicit: bool
+) -> bytes:
+    """A C-FIND identifier, encoded once per query for every facility asked."""
     identifier = Dataset()
     identifier.SpecificCharacterSet = "ISO_IR 192"
-    identifier.QueryRetrieveLevel = "STUDY"
-    for keyword in _STUDY_RETURN_KEYS:
-        setattr(identifier, keyword, "")
+    identifier.QueryRetrieveLevel = level
+    for keyword in keys:
+        setattr(identifier, keyword, None)  # a return key: present and empty
     for keyword, value in match:
-        setattr(identifier, keyword, value)
+        vr = dictionary_VR(keyword)
+        if vr in _BINARY_NUMBERS:  # matching on e.g. Rows: the element wants a number
+            setattr(identifier, keyword, float(value) if vr in ("FL", "FD") else int(value))
+        else:
+            setattr(identifier, keyword, value)
     return Association.encode_dataset(identifier, implicit)
+
+
+_BINARY_NUMBERS = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"})
+
+
+def part10(msg: Message, transfer_syntax: str) -> bytes:
+    """A received C-STORE dataset as a DICOM Part 10 file (preamble and file meta added)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(str(msg.get("AffectedSOPClassUID", "")))
+    meta.MediaStorageSOPInstanceUID = UID(str(msg.get("AffectedSOPInstanceUID", "")))
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    buf = BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(DicomFileLike(buf), meta)
+    buf.write(msg.dataset or b"")
+    return buf.getvalue()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -208,14 +208,19 @@ class Association(Link):
         called_ae: str,
         abstract_syntaxes: Sequence[str],
         transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+        scp_roles: Sequence[str] = (),
     ) -> Association:
+        """Associate; ``scp_roles`` are storage classes we offer to take C-STOREs for on this
+        association (SCP/SCU role selection, PS3.7 D.3.3.4), as C-GET needs."""
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
             raise UpstreamUnavailable(f"cannot connect: {exc.strerror or exc}") from None
         assoc = cls(reader, writer)
         try:
-            await assoc._negotiate(calling_ae, called_ae, abstract_syntaxes, transfer_syntaxes)
+            await assoc._negotiate(
+                calling_ae, called_ae, abstract_syntaxes, transfer_syntaxes, scp_roles
+            )
         except BaseException:
             writer.close()
             raise
@@ -227,9 +232,10 @@ class Association(Link):
         called_ae: str,
         abstract_syntaxes: Sequence[str],
         transfer_syntaxes: Sequence[str],
+        scp_roles: Sequence[str],
     ) -> None:
         proposed = _proposed(abstract_syntaxes, transfer_syntaxes)
-        self.writer.write(_associate_rq(calling_ae, called_ae, proposed))
+        self.writer.write(_associate_rq(calling_ae, called_ae, proposed, scp_roles))
         kind, raw = await self.read_pdu()
         if kind == _ASSOCIATE_RJ:
             rj = A_ASSOCIATE_RJ()
@@ -306,6 +312,44 @@ class Association(Link):
                 if status != 0x0000:
                     raise UpstreamError(f"C-FIND failed with status 0x{status:04X}")
                 return
+
+    async def c_get(self, identifier: Dataset, sop_class: str) -> AsyncIterator[Message]:
+        """Yield each C-STORE-RQ the peer sends back (its instances, one at a time).
+
+        The C-STORE-RSP for an instance goes out when the consumer asks for the next one, so
+        a slow client slows the PACS instead of filling the gateway's memory. Raises
+        `UpstreamError` when the C-GET ends with a failure status.
+        """
+        cx = self.context_for(sop_class)
+        command: dict[str, int | str] = {
+            "CommandField": codec.C_GET_RQ,
+            "AffectedSOPClassUID": sop_class,
+            "MessageID": self.next_message_id(),
+            "Priority": 2,
+        }
+        async with self._busy:
+            await self.send(cx, command, self.encode_dataset(identifier, self.is_implicit(cx)))
+            while True:
+                msg = await self.receive()
+                if msg.command_field == codec.C_STORE_RQ:
+                    yield msg
+                    await self.send(
+                        msg.context_id,
+                        {
+                            "CommandField": codec.C_STORE_RSP,
+                            "AffectedSOPClassUID": msg.get("AffectedSOPClassUID", ""),
+                            "AffectedSOPInstanceUID": msg.get("AffectedSOPInstanceUID", ""),
+                            "MessageIDBeingRespondedTo": msg.get("MessageID", 0),
+                            "Status": 0x0000,
+                        },
+                    )
+                    continue
+                status = msg.status
+                if status in PENDING:
+                    continue
+                if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
+                    return
+                raise UpstreamError(f"C-GET failed with status 0x{status:04X}")
 
     async def release(self) -> None:
         with contextlib.suppress(Exception):
@@ -408,13 +452,22 @@ def _user_information() -> list[Any]:
     return [max_length, impl_uid, impl_name]
 
 
-def _associate_rq(calling_ae: str, called_ae: str, proposed: list[PresentationContext]) -> bytes:
+def _associate_rq(
+    calling_ae: str, called_ae: str, proposed: list[PresentationContext], scp_roles: Sequence[str]
+) -> bytes:
     prim = A_ASSOCIATE()
     prim.application_context_name = APPLICATION_CONTEXT
     prim.calling_ae_title = calling_ae
     prim.called_ae_title = called_ae
     prim.presentation_context_definition_list = proposed
-    prim.user_information = _user_information()
+    roles = []
+    for syntax in scp_roles:
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = UID(syntax)
+        role.scu_role = False
+        role.scp_role = True
+        roles.append(role)
+    prim.user_information = [*_user_information(), *roles]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(prim)
     data: bytes = pdu.encode()

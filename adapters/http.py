@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ async def get_json(
     ok_empty: bool = False,
 ) -> Any:
     """GET a JSON document; map every failure onto an `UpstreamError` kind."""
-    try:
+    async with upstream_errors():
         async with session.get(url, params=params, headers={"Accept": accept}) as resp:
             if resp.status == 204 and ok_empty:
                 return []
@@ -33,16 +34,6 @@ async def get_json(
             if resp.content_length is not None and resp.content_length > MAX_JSON_BYTES:
                 raise UpstreamProtocolError(f"answer of {resp.content_length} bytes is too large")
             body = await resp.content.read(MAX_JSON_BYTES + 1)
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnavailable(f"cannot connect: {exc.os_error.strerror or exc}") from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamUnavailable(f"connection lost: {type(exc).__name__}") from None
-    except aiohttp.ClientResponseError as exc:
-        raise UpstreamProtocolError(f"malformed HTTP answer: {exc.message}") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
-    except TimeoutError:
-        raise UpstreamTimeout("no answer within the per-request timeout") from None
     if len(body) > MAX_JSON_BYTES:
         raise UpstreamProtocolError("answer is too large")
     if not body and ok_empty:
@@ -51,3 +42,24 @@ async def get_json(
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UpstreamProtocolError(f"answer is not JSON ({body[:16]!r}…)") from None
+
+
+@asynccontextmanager
+async def upstream_errors() -> AsyncIterator[None]:
+    """Map aiohttp's failures, raised anywhere in the block, onto `UpstreamError` kinds."""
+    try:
+        yield
+    except UpstreamError:
+        raise  # already in our terms (and a ValueError or TimeoutError subclass itself)
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnavailable(f"cannot connect: {exc.os_error.strerror or exc}") from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamUnavailable(f"connection lost: {type(exc).__name__}") from None
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamProtocolError(f"malformed HTTP answer: {exc.message}") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # aiohttp's multipart reader on a malformed body
+        raise UpstreamProtocolError(f"malformed answer: {exc}") from None
+    except TimeoutError:
+        raise UpstreamTimeout("no answer within the per-request timeout") from None

@@ -6,7 +6,7 @@ these from its registry and hands them down.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -75,6 +75,23 @@ class StudyQuery:
     limit: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a retrieval names: a study, one of its series, or one instance (PS3.18 10.4)."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+
+@dataclass(slots=True)
+class RetrievedInstance:
+    """One instance as a stream of DICOM Part 10 bytes (never held whole by the gateway)."""
+
+    transfer_syntax: str | None
+    chunks: AsyncIterator[bytes]
+
+
 class ImagingAdapter(Protocol):
     """One facility's imaging archive, reached over its own protocol."""
 
@@ -83,6 +100,21 @@ class ImagingAdapter(Protocol):
 
     async def search_studies(self, query: StudyQuery) -> list[DicomJson]:
         """Study-level matches as DICOM JSON."""
+
+    async def search_series(self, study: str, query: StudyQuery) -> list[DicomJson]:
+        """Series of one study matching ``query``."""
+
+    async def search_instances(
+        self, study: str, series: str | None, query: StudyQuery
+    ) -> list[DicomJson]:
+        """Instances of one study (or one series of it) matching ``query``."""
+
+    def retrieve(self, target: Target) -> AsyncIterator[RetrievedInstance]:
+        """The target's instances, one after another; raise ``UpstreamError`` (status 404)
+        before the first when there is no such target."""
+
+    async def metadata(self, target: Target) -> list[DicomJson]:
+        """The target's instances' attributes as DICOM JSON, bulk data left out."""
 
 
 class LabAdapter(Protocol):

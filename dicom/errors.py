@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 from aiohttp import web, web_exceptions
+
+from adapters.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import FacilityUnavailable, NotFound
 
 
 def _by_status() -> dict[int, type[web.HTTPException]]:
@@ -32,3 +36,22 @@ def dicom_error(
 ) -> web.HTTPException:
     body = [{"00000902": {"vr": "LO", "Value": [message[:64]]}}]  # ErrorComment (PS3.7 C.4)
     return http_error(status, json.dumps(body), "application/dicom+json", headers=headers)
+
+
+@asynccontextmanager
+async def failure_response() -> AsyncIterator[None]:
+    """Answer the core's and the upstreams' failures in DICOMweb's form, in one place."""
+    try:
+        yield
+    except NotFound as exc:
+        raise dicom_error(404, exc.detail) from None
+    except FacilityUnavailable as exc:
+        raise dicom_error(503, exc.detail, headers={"Retry-After": "30"}) from None
+    except UpstreamTimeout:
+        raise dicom_error(504, "the facility did not answer in time") from None
+    except UpstreamError as exc:
+        if exc.status == 404:
+            raise dicom_error(404, "not found at the facility") from None
+        raise dicom_error(502, f"the facility failed: {exc.detail}") from None
+    except TimeoutError:
+        raise dicom_error(504, "the facility did not answer in time") from None

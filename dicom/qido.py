@@ -62,19 +62,28 @@ async def search_studies(request: web.Request) -> web.Response:
         limit=offset + limit,
     )
     base = f"{request.scheme}://{request.host}"
-    datasets = [_annotate(ds, fid, core.registry, base) for fid, ds in result.items]
+    datasets = [annotate(ds, fid, core.registry, base) for fid, ds in result.items]
     return _federated_response(result, datasets[offset : offset + limit])
 
 
-def _annotate(ds: dict[str, Any], fid: str, registry: Registry, base: str) -> dict[str, Any]:
+def annotate(ds: dict[str, Any], fid: str, registry: Registry, base: str) -> dict[str, Any]:
+    """Add RetrieveURL (at the dataset's level), InstitutionName, and the holding facility."""
     out = dict(ds)
-    uid = (out.get("0020000D") or {}).get("Value", [""])[0]
-    out["00081190"] = {"vr": "UR", "Value": [f"{base}/facilities/{fid}/dicomweb/studies/{uid}"]}
+    url = f"{base}/facilities/{fid}/dicomweb/studies/{_value(out, '0020000D')}"
+    if "0020000E" in out:
+        url += f"/series/{_value(out, '0020000E')}"
+        if "00080018" in out:
+            url += f"/instances/{_value(out, '00080018')}"
+    out["00081190"] = {"vr": "UR", "Value": [url]}
     if not out.get("00080080", {}).get("Value"):
         out["00080080"] = {"vr": "LO", "Value": [registry[fid].name_zh]}
     out[_CREATOR_TAG] = {"vr": "LO", "Value": [PRIVATE_CREATOR]}
     out[_FACILITY_TAG] = {"vr": "LO", "Value": [fid]}
     return dict(sorted(out.items()))
+
+
+def _value(ds: dict[str, Any], tag: str) -> str:
+    return str((ds.get(tag) or {}).get("Value", [""])[0])
 
 
 def _federated_response(

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import qido
+from . import qido, wado
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/dicomweb/studies", qido.search_studies)
-    app.router.add_get("/facilities/{facility}/dicomweb/studies", qido.search_studies)
+    for prefix in ("/dicomweb", "/facilities/{facility}/dicomweb"):
+        r = app.router
+        r.add_get(f"{prefix}/studies", qido.search_studies)
+        r.add_get(f"{prefix}/studies/{{study}}", wado.retrieve)
+        r.add_get(f"{prefix}/studies/{{study}}/metadata", wado.metadata)
+        r.add_get(f"{prefix}/studies/{{study}}/series", wado.search_series)
+        r.add_get(f"{prefix}/studies/{{study}}/instances", wado.search_instances)
+        r.add_get(f"{prefix}/studies/{{study}}/series/{{series}}", wado.retrieve)
+        r.add_get(f"{prefix}/studies/{{study}}/series/{{series}}/metadata", wado.metadata)
+        r.add_get(f"{prefix}/studies/{{study}}/series/{{series}}/instances", wado.search_instances)
+        instance = f"{prefix}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
+        r.add_get(instance, wado.retrieve)
+        r.add_get(f"{instance}/metadata", wado.metadata)

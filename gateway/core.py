@@ -78,7 +78,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         archive=archive,
         federation=federation,
         upstreams=upstreams,
-        imaging=ImagingService(registry, federation, upstreams, store),
+        imaging=ImagingService(registry, federation, upstreams, store, cache),
         prober=prober,
         executor=executor,
     )

@@ -25,3 +25,11 @@ class RegistryError(GatewayError, ValueError):
         super().__init__(f"facility registry: {where + ': ' if where else ''}{detail}")
         self.entry = entry
         self.field = field
+
+
+class NotFound(GatewayError, LookupError):
+    """No facility holds what was asked for (a study, series, instance or facility)."""
+
+
+class FacilityUnavailable(GatewayError):
+    """The facility's breaker is open: it failed repeatedly and is not being asked now."""

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TypeVar
 
-from adapters.types import DicomJson, StudyQuery
+from adapters.errors import UpstreamError
+from adapters.types import DicomJson, ImagingAdapter, RetrievedInstance, StudyQuery, Target
 
+from .cache import Cache
+from .errors import FacilityUnavailable, NotFound
 from .federation import FederatedResult, Federation
 from .identity import mrns_by_facility, resolve_person
 from .registry import Registry
 from .storage import Store
 from .upstreams import Upstreams
 
+T = TypeVar("T")
+
 
 class ImagingService:
     def __init__(
-        self, registry: Registry, federation: Federation, upstreams: Upstreams, store: Store
+        self,
+        registry: Registry,
+        federation: Federation,
+        upstreams: Upstreams,
+        store: Store,
+        cache: Cache,
     ) -> None:
         self.registry = registry
         self.federation = federation
         self.upstreams = upstreams
         self.store = store
+        self.cache = cache
 
     async def search_studies(
         self,
@@ -57,6 +70,108 @@ class ImagingService:
             return await self.upstreams.imaging(fid).search_studies(query)
 
         return await self.federation.fan_out(targets, call, operation="search-studies")
+
+    # -- one study, at the facility that holds it -------------------------------------------
+
+    async def holder(self, facility_id: str | None, study: str) -> str:
+        """The facility to ask about a study: the one named, else the one found to hold it.
+
+        Where a study lives is learned by a federated search and remembered for a while, so
+        opening a study's series after finding it does not ask 111 facilities again.
+        """
+        if facility_id is not None:
+            if self.registry.get(facility_id) is None:
+                raise NotFound(f"no facility {facility_id}")
+            return facility_id
+        key = f"study-holder:{study}"
+        cached = await self.cache.get(key)
+        if cached is not None:
+            return cached.decode()
+        result = await self.search_studies({"StudyInstanceUID": study}, limit=1)
+        holders = [fid for fid, _ in result.items]
+        if not holders:
+            raise NotFound(f"no facility holds study {study}")
+        await self.cache.set(key, holders[0].encode(), ttl=STUDY_HOLDER_TTL)
+        return holders[0]
+
+    async def search_series(
+        self, facility_id: str | None, study: str, match: Mapping[str, str], limit: int | None
+    ) -> tuple[str, list[DicomJson]]:
+        fid = await self.holder(facility_id, study)
+        found = await self._call(fid, lambda a: a.search_series(study, StudyQuery(match, limit)))
+        return fid, found
+
+    async def search_instances(
+        self,
+        facility_id: str | None,
+        study: str,
+        series: str | None,
+        match: Mapping[str, str],
+        limit: int | None,
+    ) -> tuple[str, list[DicomJson]]:
+        fid = await self.holder(facility_id, study)
+        query = StudyQuery(match, limit)
+        found = await self._call(fid, lambda a: a.search_instances(study, series, query))
+        return fid, found
+
+    async def metadata(
+        self, facility_id: str | None, target: Target
+    ) -> tuple[str, list[DicomJson]]:
+        fid = await self.holder(facility_id, target.study)
+        return fid, await self._call(fid, lambda a: a.metadata(target))
+
+    async def retrieve(
+        self, facility_id: str | None, target: Target
+    ) -> tuple[str, AsyncIterator[RetrievedInstance]]:
+        """The holder and its instances; the first is fetched before returning, so a missing
+        study or a dead facility is an error the face can still answer with a status."""
+        fid = await self.holder(facility_id, target.study)
+        instances = self._adapter(fid).retrieve(target)
+        try:
+            first = await anext(instances)
+        except StopAsyncIteration:
+            raise NotFound("nothing to retrieve") from None
+        except UpstreamError as exc:
+            self._record(fid, exc)
+            raise
+        self.federation.breaker(fid).record_success()
+
+        async def all_of_them() -> AsyncIterator[RetrievedInstance]:
+            yield first
+            async for inst in instances:
+                yield inst
+
+        return fid, all_of_them()
+
+    def _adapter(self, fid: str) -> ImagingAdapter:
+        if not self.federation.breaker(fid).allow():
+            raise FacilityUnavailable(f"{fid} is not answering (circuit breaker open)")
+        return self.upstreams.imaging(fid)
+
+    async def _call(self, fid: str, work: Callable[[ImagingAdapter], Awaitable[T]]) -> T:
+        adapter = self._adapter(fid)
+        try:
+            async with asyncio.timeout(self.federation.policy.deadline * 2):
+                result = await work(adapter)
+        except UpstreamError as exc:
+            self._record(fid, exc)
+            raise
+        except TimeoutError:
+            self.federation.breaker(fid).record_failure()
+            raise
+        self.federation.breaker(fid).record_success()
+        return result
+
+    def _record(self, fid: str, exc: UpstreamError) -> None:
+        # A 404 is an answer, not a failure of the facility.
+        if exc.status == 404:
+            self.federation.breaker(fid).record_success()
+        else:
+            self.federation.breaker(fid).record_failure()
+
+
+#: Seconds the holder of a study is remembered.
+STUDY_HOLDER_TTL = 600.0
 
 
 def _with_mrn(match: Mapping[str, str], mrn: str) -> dict[str, str]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,11 @@ from aiohttp import BodyPartReader, web
 
 from adapters.dicom_index import DicomIndex, Instance
 from adapters.dicom_match import tag_hex
+from adapters.files import file_chunks, header_json
+from adapters.multipart import Part, multipart_body, new_boundary, related_content_type
 
 DICOM_JSON = "application/dicom+json"
 _CONTROL_PARAMS = {"limit", "offset", "includefield", "fuzzymatching"}
-_CHUNK = 64 * 1024
 
 
 def add_routes(app: web.Application, index: DicomIndex, stow_dir: Path) -> None:
@@ -105,27 +105,19 @@ def _retrieve(index: DicomIndex) -> Callable[[web.Request], Any]:
         instances = _select(index, request)
         if not instances:
             return _error(404, "no such study, series or instance")
-        boundary = uuid.uuid4().hex
-        resp = web.StreamResponse(
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
-            }
-        )
+        boundary = new_boundary()
+        resp = web.StreamResponse(headers={"Content-Type": related_content_type(boundary)})
         await resp.prepare(request)
-        for inst in instances:
-            size = (await asyncio.to_thread(inst.path.stat)).st_size
-            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax}"
-            head = f"--{boundary}\r\nContent-Type: {ctype}\r\nContent-Length: {size}\r\n\r\n"
-            await resp.write(head.encode())
-            # Stream the file: a study can be far larger than we want in memory.
-            f = await asyncio.to_thread(inst.path.open, "rb")
-            try:
-                while chunk := await asyncio.to_thread(f.read, _CHUNK):
-                    await resp.write(chunk)
-            finally:
-                f.close()
-            await resp.write(b"\r\n")
-        await resp.write(f"--{boundary}--\r\n".encode())
+
+        async def parts() -> AsyncIterator[Part]:
+            for inst in instances:
+                size = (await asyncio.to_thread(inst.path.stat)).st_size
+                ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax}"
+                yield Part(ctype, file_chunks(inst.path), size)
+
+        # Streamed: a study can be far larger than we want in memory.
+        async for data in multipart_body(parts(), boundary):
+            await resp.write(data)
         await resp.write_eof()
         return resp
 
@@ -138,14 +130,7 @@ def _metadata(index: DicomIndex) -> Callable[[web.Request], Any]:
         if not instances:
             return _error(404, "no such study, series or instance")
 
-        def read() -> list[dict[str, Any]]:
-            out = []
-            for inst in instances:
-                ds = pydicom.dcmread(inst.path, stop_before_pixels=True)
-                out.append(ds.to_json_dict())
-            return out
-
-        body = await asyncio.to_thread(read)
+        body = [await asyncio.to_thread(header_json, inst.path) for inst in instances]
         return web.Response(
             body=json.dumps(body, ensure_ascii=False).encode(), content_type=DICOM_JSON
         )
