@@ -11,14 +11,14 @@ import asyncio
 import hashlib
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
 from .dicom_index import DicomIndex, Instance
 from .errors import UpstreamError
 from .files import file_chunks, header_json
-from .types import DicomJson, RetrievedInstance, StudyQuery, Target
+from .types import DicomJson, RetrievedInstance, StoredInstance, StudyQuery, Target
 
 
 class Archive:
@@ -75,6 +75,8 @@ class ArchiveImaging:
     """One facility's view of the gateway archive, with the same face as a remote PACS."""
 
     def __init__(self, archive: Archive, facility_id: str, executor: Executor) -> None:
+        self.archive = archive
+        self.facility_id = facility_id
         self.index = archive.index(facility_id)
         self.executor = executor
 
@@ -107,6 +109,13 @@ class ArchiveImaging:
     async def retrieve(self, target: Target) -> AsyncIterator[RetrievedInstance]:
         for inst in self._instances(target):
             yield RetrievedInstance(inst.transfer_syntax or None, file_chunks(inst.path))
+
+    async def store(self, instances: Sequence[StoredInstance]) -> list[int]:
+        statuses = []
+        for inst in instances:
+            await asyncio.to_thread(self.archive.ingest, self.facility_id, inst.data)
+            statuses.append(0x0000)
+        return statuses
 
     def _instances(self, target: Target) -> list[Instance]:
         found = self.index.instances(target.study, target.series, target.instance)

@@ -6,7 +6,8 @@ any size passes through in constant memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from functools import lru_cache
 from urllib.parse import quote, urlencode
 
@@ -15,7 +16,15 @@ from yarl import URL
 
 from .errors import UpstreamError, UpstreamProtocolError
 from .http import get_json, upstream_errors
-from .types import DicomJson, DicomWebEndpoint, RetrievedInstance, StudyQuery, Target
+from .multipart import Part, multipart_body, new_boundary, related_content_type
+from .types import (
+    DicomJson,
+    DicomWebEndpoint,
+    RetrievedInstance,
+    StoredInstance,
+    StudyQuery,
+    Target,
+)
 
 DICOM_JSON = "application/dicom+json"
 #: Ask for instances as stored: the gateway relays, it does not transcode on the way.
@@ -66,6 +75,36 @@ class DicomWebImaging:
                         raise UpstreamProtocolError("nested multipart in a WADO-RS answer")
                     yield RetrievedInstance(_transfer_syntax(part), _chunks(part))
 
+    async def store(self, instances: Sequence[StoredInstance]) -> list[int]:
+        """STOW-RS the batch; map the answer's Referenced/Failed SOP Sequences to statuses."""
+        boundary = new_boundary()
+
+        async def parts() -> AsyncIterator[Part]:
+            for inst in instances:
+                yield Part("application/dicom", _once(inst.data), len(inst.data))
+
+        async def body() -> AsyncIterator[bytes]:
+            async for data in multipart_body(parts(), boundary):
+                yield data
+
+        headers = {"Content-Type": related_content_type(boundary), "Accept": DICOM_JSON}
+        async with upstream_errors():
+            async with self.session.post(
+                f"{self.endpoint.url}/studies", data=body(), headers=headers
+            ) as resp:
+                answer = await resp.read()
+                if resp.status not in (200, 202, 409):
+                    raise UpstreamError(f"HTTP {resp.status} from STOW-RS", status=resp.status)
+        try:
+            result = json.loads(answer) if answer else {}
+        except ValueError:
+            raise UpstreamProtocolError("STOW-RS answer is not JSON") from None
+        stored = {
+            str(item.get("00081155", {}).get("Value", [""])[0])
+            for item in result.get("00081199", {}).get("Value", [])
+        }
+        return [0x0000 if i.sop_instance in stored else 0xA700 for i in instances]
+
     async def _qido(self, path: str, query: StudyQuery) -> list[DicomJson]:
         params = tuple(sorted((k, v) for k, v in query.match.items() if v))
         if query.limit is not None:
@@ -81,6 +120,10 @@ class DicomWebImaging:
             if target.instance:
                 url += f"/instances/{target.instance}"
         return url
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _chunks(part: aiohttp.BodyPartReader) -> AsyncIterator[bytes]:

@@ -8,7 +8,8 @@ on asyncio (`adapters.dul`), so a pooled association costs nothing while idle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache, partial
 from io import BytesIO
@@ -26,7 +27,14 @@ from .dicom_index import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 from .dimse_codec import Message
 from .dul import Association
 from .errors import UpstreamError, UpstreamUnavailable
-from .types import DicomJson, DimseEndpoint, RetrievedInstance, StudyQuery, Target
+from .types import (
+    DicomJson,
+    DimseEndpoint,
+    RetrievedInstance,
+    StoredInstance,
+    StudyQuery,
+    Target,
+)
 
 T = TypeVar("T")
 
@@ -108,6 +116,44 @@ class DimseImaging:
             ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
             out.append(ds.to_json_dict(bulk_data_threshold=1 << 20))
         return out
+
+    async def store(self, instances: Sequence[StoredInstance]) -> list[int]:
+        """C-STORE each on one association proposing exactly the classes and syntaxes sent."""
+        if not instances:
+            return []
+        classes = sorted({i.sop_class for i in instances})
+        syntaxes = sorted({i.transfer_syntax for i in instances})
+        e = self.endpoint
+        async with asyncio.timeout(self.timeout):
+            assoc = await Association.open(
+                e.host,
+                e.port,
+                calling_ae=self.calling_ae,
+                called_ae=e.ae_title,
+                abstract_syntaxes=classes,
+                transfer_syntaxes=syntaxes,
+            )
+        statuses = []
+        try:
+            for inst in instances:
+                cx = assoc.context_for_syntaxes(inst.sop_class, inst.transfer_syntax)
+                if cx is None:
+                    statuses.append(0xA900)  # the PACS refused this class or syntax
+                    continue
+                async with asyncio.timeout(self.timeout):
+                    status = await assoc.c_store(
+                        cx,
+                        inst.sop_class,
+                        inst.sop_instance,
+                        dataset_bytes(inst.data),
+                        assoc.next_message_id(),
+                    )
+                statuses.append(status)
+        except BaseException:
+            assoc.abort()
+            raise
+        await assoc.release()
+        return statuses
 
     async def _find(
         self, level: str, keys: tuple[str, ...], match: Mapping[str, str], limit: int | None
@@ -231,6 +277,15 @@ def _identifier(
 
 
 _BINARY_NUMBERS = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"})
+
+
+def dataset_bytes(part10_file: bytes) -> bytes:
+    """The data set of a Part 10 file: what follows the preamble and file meta (group 0002,
+    whose length its first element, FileMetaInformationGroupLength, gives)."""
+    if part10_file[128:132] != b"DICM" or part10_file[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a DICOM Part 10 file with a file meta group length")
+    (group_length,) = struct.unpack_from("<L", part10_file, 140)
+    return part10_file[144 + group_length :]
 
 
 def part10(msg: Message, transfer_syntax: str) -> bytes:

@@ -265,6 +265,16 @@ class Association(Link):
         except KeyError:
             raise UpstreamProtocolError(f"peer did not accept {abstract_syntax}") from None
 
+    def context_for_syntaxes(self, abstract_syntax: str, transfer_syntax: str) -> int | None:
+        """The accepted context for this class carrying exactly this transfer syntax."""
+        for cid, cx in self.contexts.items():
+            if (
+                str(cx.abstract_syntax) == abstract_syntax
+                and str(cx.transfer_syntax[0]) == transfer_syntax
+            ):
+                return cid
+        return None
+
     def next_message_id(self) -> int:
         return next(self._message_ids) % 0xFFFF + 1  # US, never 0
 

@@ -6,7 +6,7 @@ these from its registry and hands them down.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -115,6 +115,20 @@ class ImagingAdapter(Protocol):
 
     async def metadata(self, target: Target) -> list[DicomJson]:
         """The target's instances' attributes as DICOM JSON, bulk data left out."""
+
+    async def store(self, instances: Sequence[StoredInstance]) -> list[int]:
+        """Store instances; a DICOM status per instance (0x0000 stored, else why not)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """A DICOM Part 10 file to store, with the identifiers read from it on arrival."""
+
+    data: bytes
+    sop_class: str
+    sop_instance: str
+    transfer_syntax: str
+    study_instance: str
 
 
 class LabAdapter(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import qido, wado
+from . import qido, stow, wado
 
 
 def setup(app: web.Application) -> None:
@@ -21,3 +21,5 @@ def setup(app: web.Application) -> None:
         instance = f"{prefix}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
         r.add_get(instance, wado.retrieve)
         r.add_get(f"{instance}/metadata", wado.metadata)
+    app.router.add_post("/facilities/{facility}/dicomweb/studies", stow.store)
+    app.router.add_post("/facilities/{facility}/dicomweb/studies/{study}", stow.store)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from adapters.errors import UpstreamError
-from adapters.types import DicomJson, ImagingAdapter, RetrievedInstance, StudyQuery, Target
+from adapters.types import (
+    DicomJson,
+    ImagingAdapter,
+    RetrievedInstance,
+    StoredInstance,
+    StudyQuery,
+    Target,
+)
 
 from .cache import Cache
 from .errors import FacilityUnavailable, NotFound
@@ -142,6 +149,14 @@ class ImagingService:
                 yield inst
 
         return fid, all_of_them()
+
+    async def store_instances(
+        self, facility_id: str, instances: Sequence[StoredInstance]
+    ) -> list[int]:
+        """Store into the facility's archive (its PACS, or the gateway's own for facilities
+        without one); a DICOM status per instance."""
+        fid = await self.holder(facility_id, "")
+        return await self._call(fid, lambda a: a.store(instances))
 
     def _adapter(self, fid: str) -> ImagingAdapter:
         if not self.federation.breaker(fid).allow():
