@@ -19,7 +19,6 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 from pynetdicom import StoragePresentationContexts
-from pynetdicom.dsutils import decode
 
 from adapters import dimse_codec as codec
 from adapters.dicom_index import DicomIndex, Instance
@@ -27,6 +26,15 @@ from adapters.dicom_match import first
 from adapters.dimse_codec import Message
 from adapters.dul import Association, Link, PeerReleased, accept, supported_contexts
 from adapters.errors import UpstreamError
+from adapters.qr import (
+    PATIENT_KEYWORDS,
+    answer_for,
+    match_of,
+    patients,
+    read_identifier,
+    response,
+    uids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +43,6 @@ QR_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
 QR_GET = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
 QR_MOVE = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
 STORAGE = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
-_PATIENT_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-)
-_SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 _CANCELLED, _UNABLE, _IDENTIFIER_MISMATCH, _MOVE_DEST_UNKNOWN = 0xFE00, 0xC000, 0xA900, 0xA801
 _SUBOPS_FAILED = 0xB000  # warning: one or more sub-operations failed
 
@@ -107,7 +107,7 @@ class DimsePacs:
     async def _dispatch(self, link: Link, request: Message) -> None:
         kind = request.command_field
         if kind == codec.C_ECHO_RQ:
-            await link.send(request.context_id, _response(request, codec.C_ECHO_RSP, 0x0000))
+            await link.send(request.context_id, response(request, codec.C_ECHO_RSP, 0x0000))
         elif kind == codec.C_FIND_RQ:
             await self._find(link, request)
         elif kind == codec.C_GET_RQ:
@@ -126,22 +126,22 @@ class DimsePacs:
     async def _find(self, link: Link, request: Message) -> None:
         cx = request.context_id
         implicit = link.is_implicit(cx)
-        query = _identifier(request.dataset, implicit)
+        query = read_identifier(request.dataset, implicit)
         records = self._query(query)
         if records is None:
-            await link.send(cx, _response(request, codec.C_FIND_RSP, _IDENTIFIER_MISMATCH))
+            await link.send(cx, response(request, codec.C_FIND_RSP, _IDENTIFIER_MISMATCH))
             return
         for record in records:
-            answer = link.encode_dataset(_answer(record, query), implicit)
-            await link.send(cx, _response(request, codec.C_FIND_RSP, 0xFF00), answer)
-        await link.send(cx, _response(request, codec.C_FIND_RSP, 0x0000))
+            answer = link.encode_dataset(answer_for(record, query), implicit)
+            await link.send(cx, response(request, codec.C_FIND_RSP, 0xFF00), answer)
+        await link.send(cx, response(request, codec.C_FIND_RSP, 0x0000))
 
     def _query(self, query: Dataset) -> list[dict[str, Any]] | None:
         level = str(query.get("QueryRetrieveLevel", ""))
-        match = _match_of(query)
+        match = match_of(query)
         if level == "PATIENT":
-            patient_match = {k: v for k, v in match.items() if k in _PATIENT_KEYWORDS}
-            return _patients(self.index.search_studies(patient_match))
+            patient_match = {k: v for k, v in match.items() if k in PATIENT_KEYWORDS}
+            return patients(self.index.search_studies(patient_match))
         if level == "STUDY":
             return self.index.search_studies(match)
         if level == "SERIES":
@@ -159,7 +159,7 @@ class DimsePacs:
     async def _move(self, link: Link, request: Message) -> None:
         destination = self.move_destinations.get(str(request.get("MoveDestination", "")).strip())
         if destination is None:
-            rsp = _response(request, codec.C_MOVE_RSP, _MOVE_DEST_UNKNOWN)
+            rsp = response(request, codec.C_MOVE_RSP, _MOVE_DEST_UNKNOWN)
             await link.send(request.context_id, rsp)
             return
         await self._retrieve(link, request, codec.C_MOVE_RSP, destination=destination)
@@ -173,7 +173,7 @@ class DimsePacs:
         destination: tuple[str, int] | None,
     ) -> None:
         """C-GET (sub-operations on this association) or C-MOVE (on a new one)."""
-        query = _identifier(request.dataset, link.is_implicit(request.context_id))
+        query = read_identifier(request.dataset, link.is_implicit(request.context_id))
         instances = self._instances_for(query)
         store_link: Link = link
         mover: Association | None = None
@@ -200,7 +200,7 @@ class DimsePacs:
             if mover is not None:
                 await mover.release()
         status = 0x0000 if failed == 0 else _SUBOPS_FAILED if done else _UNABLE
-        rsp = _response(request, response_field, status)
+        rsp = response(request, response_field, status)
         rsp.update(
             NumberOfCompletedSuboperations=done,
             NumberOfFailedSuboperations=failed,
@@ -240,18 +240,18 @@ class DimsePacs:
                 if first(i.header, "PatientID") == pid
             ]
         out: list[Instance] = []
-        for study in _uids(query, "StudyInstanceUID"):
+        for study in uids(query, "StudyInstanceUID"):
             for series in (
-                _uids(query, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else [None]
+                uids(query, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else [None]
             ):
-                for sop in _uids(query, "SOPInstanceUID") if level == "IMAGE" else [None]:
+                for sop in uids(query, "SOPInstanceUID") if level == "IMAGE" else [None]:
                     out.extend(self.index.instances(study, series, sop))
         return out
 
     # -- C-STORE -----------------------------------------------------------------------------
 
     async def _store(self, link: Link, request: Message) -> None:
-        rsp = _response(request, codec.C_STORE_RSP, 0x0000)
+        rsp = response(request, codec.C_STORE_RSP, 0x0000)
         rsp["AffectedSOPInstanceUID"] = request["AffectedSOPInstanceUID"]
         ts = UID(link.contexts[request.context_id].transfer_syntax[0])
         try:
@@ -270,22 +270,6 @@ class DimsePacs:
             log.exception("C-STORE could not be stored")
             rsp["Status"] = 0xC210  # Cannot understand
         await link.send(request.context_id, rsp)
-
-
-def _response(request: Message, command_field: int, status: int) -> dict[str, int | str]:
-    return {
-        "CommandField": command_field,
-        "AffectedSOPClassUID": request.get("AffectedSOPClassUID", ""),
-        "MessageIDBeingRespondedTo": request.get("MessageID", 0),
-        "Status": status,
-    }
-
-
-def _identifier(data: bytes | None, implicit: bool) -> Dataset:
-    if not data:
-        return Dataset()
-    ds: Dataset = decode(BytesIO(data), implicit, True)
-    return ds
 
 
 def _encoded_dataset(path: Path, ts: UID) -> bytes:
@@ -309,53 +293,3 @@ def _save(path: Path, data: bytes, ts: UID, sop_class: str, sop_instance: str) -
     tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
     return pydicom.dcmread(path, stop_before_pixels=True)
-
-
-def _match_of(query: Dataset) -> dict[str, str]:
-    match: dict[str, str] = {}
-    for element in query:
-        keyword = element.keyword
-        if not keyword or keyword in _SKIP or element.VR == "SQ" or element.value in (None, ""):
-            continue
-        value = element.value
-        if isinstance(value, list | tuple | pydicom.multival.MultiValue):
-            value = "\\".join(str(v) for v in value)
-        match[keyword] = str(value)
-    return match
-
-
-def _uids(query: Dataset, keyword: str) -> list[str | None]:
-    value = query.get(keyword)
-    if value in (None, ""):
-        return [None]
-    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
-        return [str(v) for v in value]
-    return [str(value)]
-
-
-def _patients(studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_patient: dict[str, dict[str, Any]] = {}
-    counts: dict[str, int] = {}
-    for s in studies:
-        pid = str(first(s, "PatientID"))
-        counts[pid] = counts.get(pid, 0) + 1
-        by_patient.setdefault(pid, {t: v for t, v in s.items() if t in _PATIENT_TAGS})
-    for pid, record in by_patient.items():
-        record["00201200"] = {"vr": "IS", "Value": [counts[pid]]}  # NumberOfPatientRelatedStudies
-    return list(by_patient.values())
-
-
-def _answer(record: dict[str, Any], query: Dataset) -> Dataset:
-    """The matching record, reduced to the keys the query asked for (PS3.4 C.4.1.1.3)."""
-    full = Dataset.from_json(record)
-    out = Dataset()
-    out.SpecificCharacterSet = "ISO_IR 192"
-    out.QueryRetrieveLevel = query.QueryRetrieveLevel
-    for element in query:
-        if not element.keyword or element.keyword in _SKIP:
-            continue
-        out[element.tag] = full[element.tag] if element.tag in full else element
-    return out
-
-
-_PATIENT_TAGS = frozenset(f"{pydicom.datadict.tag_for_keyword(k):08X}" for k in _PATIENT_KEYWORDS)
