@@ -8,7 +8,6 @@ on asyncio (`adapters.dul`), so a pooled association costs nothing while idle.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache, partial
@@ -17,16 +16,12 @@ from typing import TypeVar
 
 import pydicom
 from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+from pydicom.dataset import Dataset
 
 from .dicom_index import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
-from .dimse_codec import Message
 from .dul import Association
 from .errors import UpstreamError, UpstreamUnavailable
+from .part10 import dataset_bytes, part10
 from .types import (
     DicomJson,
     DimseEndpoint,
@@ -277,29 +272,6 @@ def _identifier(
 
 
 _BINARY_NUMBERS = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"})
-
-
-def dataset_bytes(part10_file: bytes) -> bytes:
-    """The data set of a Part 10 file: what follows the preamble and file meta (group 0002,
-    whose length its first element, FileMetaInformationGroupLength, gives)."""
-    if part10_file[128:132] != b"DICM" or part10_file[132:136] != b"\x02\x00\x00\x00":
-        raise ValueError("not a DICOM Part 10 file with a file meta group length")
-    (group_length,) = struct.unpack_from("<L", part10_file, 140)
-    return part10_file[144 + group_length :]
-
-
-def part10(msg: Message, transfer_syntax: str) -> bytes:
-    """A received C-STORE dataset as a DICOM Part 10 file (preamble and file meta added)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(str(msg.get("AffectedSOPClassUID", "")))
-    meta.MediaStorageSOPInstanceUID = UID(str(msg.get("AffectedSOPInstanceUID", "")))
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-    buf = BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(DicomFileLike(buf), meta)
-    buf.write(msg.dataset or b"")
-    return buf.getvalue()
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -4,15 +4,27 @@ simulated facilities'."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
 from io import BytesIO
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import StoragePresentationContexts
 from pynetdicom.dsutils import decode
+from pynetdicom.presentation import PresentationContext
 
 from .dicom_match import first
 from .dimse_codec import Message
+from .dul import Association, Link, supported_contexts
+from .errors import UpstreamError
+from .part10 import dataset_bytes
+from .types import StoredInstance, Target
+
+log = logging.getLogger(__name__)
 
 PATIENT_KEYWORDS = (
     "PatientName",
@@ -89,3 +101,113 @@ def answer_for(record: dict[str, Any], query: Dataset) -> Dataset:
 
 
 PATIENT_TAGS = frozenset(f"{pydicom.datadict.tag_for_keyword(k):08X}" for k in PATIENT_KEYWORDS)
+
+
+def qr_scp_contexts() -> list[PresentationContext]:
+    """What a Q/R SCP accepts: Verification, FIND/GET/MOVE in both roots, and storage (with
+    role selection, so a C-GET requestor can take the C-STOREs back)."""
+    return [
+        *supported_contexts([VERIFICATION, *QR_FIND, *QR_GET, *QR_MOVE]),
+        *supported_contexts(STORAGE_CLASSES, scp_role=True),
+    ]
+
+
+def level_target(query: Dataset) -> Target | None:
+    """The Target of a C-GET/C-MOVE identifier at STUDY, SERIES or IMAGE level (one UID each)."""
+    level = str(query.get("QueryRetrieveLevel", ""))
+    study = query.get("StudyInstanceUID")
+    if not study or level not in ("STUDY", "SERIES", "IMAGE"):
+        return None
+    series = str(query.get("SeriesInstanceUID") or "") or None if level != "STUDY" else None
+    sop = str(query.get("SOPInstanceUID") or "") or None if level == "IMAGE" else None
+    return Target(str(study), series, sop)
+
+
+async def send_suboperations(
+    link: Link,
+    request: Message,
+    response_field: int,
+    instances: AsyncIterator[StoredInstance],
+    *,
+    ae_title: str,
+    destination: tuple[str, int] | None,
+    classes: Sequence[str],
+) -> None:
+    """C-GET (C-STOREs back on this association) or C-MOVE (on a new one to the destination),
+    then the final response with the sub-operation counts (PS3.4 C.4.2.3, C.4.3.3)."""
+    store_link: Link = link
+    mover: Association | None = None
+    done = failed = 0
+    try:
+        if destination is not None:
+            mover = await Association.open(
+                destination[0],
+                destination[1],
+                calling_ae=ae_title,
+                called_ae=str(request["MoveDestination"]).strip(),
+                abstract_syntaxes=sorted(set(classes)) or [VERIFICATION],
+            )
+            store_link = mover
+        originator = None if mover is None else (ae_title, int(request["MessageID"]))
+        n = 0
+        async for inst in instances:
+            n += 1
+            ok = await send_instance(store_link, inst, n, originator)
+            done, failed = done + ok, failed + (not ok)
+    except UpstreamError as exc:
+        log.info("retrieve sub-operations stopped: %s", exc)
+        failed += 1
+    finally:
+        if mover is not None:
+            await mover.release()
+    status = 0x0000 if failed == 0 else SUBOPS_FAILED if done else UNABLE_TO_PROCESS
+    rsp = response(request, response_field, status)
+    rsp.update(
+        NumberOfCompletedSuboperations=done,
+        NumberOfFailedSuboperations=failed,
+        NumberOfWarningSuboperations=0,
+    )
+    await link.send(request.context_id, rsp)
+
+
+async def send_instance(
+    link: Link, inst: StoredInstance, message_id: int, originator: tuple[str, int] | None
+) -> bool:
+    """One C-STORE sub-operation; the data set is sent as stored when the peer accepted that
+    transfer syntax, else re-encoded between the uncompressed ones; else it fails."""
+    offered = [
+        (cid, str(cx.transfer_syntax[0]))
+        for cid, cx in link.contexts.items()
+        if str(cx.abstract_syntax) == inst.sop_class
+    ]
+    exact = next((cid for cid, ts in offered if ts == inst.transfer_syntax), None)
+    if exact is not None:
+        data, context_id = dataset_bytes(inst.data), exact
+    else:
+        native = [
+            (cid, ts) for cid, ts in offered if ts in NATIVE and inst.transfer_syntax in NATIVE
+        ]
+        if not native:
+            return False
+        context_id, ts = native[0]
+        data = await asyncio.to_thread(_reencode, inst.data, ts)
+    status = await link.c_store(
+        context_id, inst.sop_class, inst.sop_instance, data, message_id, move_originator=originator
+    )
+    return status == 0x0000 or 0xB000 <= status <= 0xBFFF
+
+
+def _reencode(part10_file: bytes, transfer_syntax: str) -> bytes:
+    ds = pydicom.dcmread(BytesIO(part10_file))
+    return Link.encode_dataset(ds, transfer_syntax == ImplicitVRLittleEndian)
+
+
+VERIFICATION = "1.2.840.10008.1.1"
+QR_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+QR_GET = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
+QR_MOVE = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
+STORAGE_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
+NATIVE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+# C-GET/C-MOVE statuses (PS3.4 C.4.2.1.5): warning when some sub-operations failed.
+SUBOPS_FAILED = 0xB000
+UNABLE_TO_PROCESS = 0xC000

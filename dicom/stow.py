@@ -9,16 +9,12 @@ an upload of any length needs only one batch in memory, and what was stored befo
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from typing import Any
 
-import pydicom
 from aiohttp import BodyPartReader, web
-from pydicom.encaps import generate_fragments
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels.utils import get_expected_length
 
+from adapters.part10 import identify
 from adapters.types import StoredInstance
 from gateway.web import CORE
 
@@ -79,7 +75,7 @@ async def store(request: web.Request) -> web.Response:
             if data is None:
                 failed.append(_failed(None, None, REFUSED_OUT_OF_RESOURCES))
                 continue
-            inst = await asyncio.to_thread(_identify, data)
+            inst = await asyncio.to_thread(identify, data)
             if inst is None:
                 failed.append(_failed(None, None, CANNOT_UNDERSTAND))
                 continue
@@ -123,38 +119,6 @@ async def _read_part(part: BodyPartReader) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _identify(data: bytes) -> StoredInstance | None:
-    """Read an instance's identifiers (blocking); None if it is not a whole DICOM Part 10 file.
-
-    The whole instance is parsed, pixel data included: a part cut short (a truncated upload
-    can still look like a complete last part) must fail here, not be stored half.
-    """
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        if "PixelData" in ds and not _pixel_data_whole(ds):
-            return None
-        return StoredInstance(
-            data=data,
-            sop_class=str(ds.SOPClassUID),
-            sop_instance=str(ds.SOPInstanceUID),
-            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-            study_instance=str(ds.StudyInstanceUID),
-        )
-    except (InvalidDicomError, AttributeError, KeyError, ValueError, EOFError, OSError):
-        return None
-
-
-def _pixel_data_whole(ds: pydicom.Dataset) -> bool:
-    """pydicom reads a value cut short without complaint: check its length ourselves."""
-    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        try:
-            fragments = list(generate_fragments(ds.PixelData))
-        except ValueError:
-            return False
-        return bool(fragments)
-    return len(ds.PixelData) >= get_expected_length(ds)
 
 
 def _referenced(inst: StoredInstance, base: str) -> dict[str, Any]:

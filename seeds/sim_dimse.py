@@ -10,31 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from io import BytesIO
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.dataset import Dataset
 from pynetdicom import StoragePresentationContexts
 
 from adapters import dimse_codec as codec
 from adapters.dicom_index import DicomIndex, Instance
 from adapters.dicom_match import first
 from adapters.dimse_codec import Message
-from adapters.dul import Association, Link, PeerReleased, accept, supported_contexts
+from adapters.dul import Link, PeerReleased, accept
 from adapters.errors import UpstreamError
+from adapters.part10 import part10
 from adapters.qr import (
     PATIENT_KEYWORDS,
     answer_for,
     match_of,
     patients,
+    qr_scp_contexts,
     read_identifier,
     response,
+    send_suboperations,
     uids,
 )
+from adapters.types import StoredInstance
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,7 @@ class DimsePacs:
         self.stow_dir = stow_dir
         self.latency = latency
         self.move_destinations = move_destinations
-        self._contexts = [
-            *supported_contexts([VERIFICATION, *QR_FIND, *QR_GET, *QR_MOVE]),
-            *supported_contexts(STORAGE, scp_role=True),
-        ]
+        self._contexts = qr_scp_contexts()
         self._server: asyncio.Server | None = None
         self._links: set[Link] = set()
 
@@ -175,59 +174,26 @@ class DimsePacs:
         """C-GET (sub-operations on this association) or C-MOVE (on a new one)."""
         query = read_identifier(request.dataset, link.is_implicit(request.context_id))
         instances = self._instances_for(query)
-        store_link: Link = link
-        mover: Association | None = None
-        done = failed = 0
-        try:
-            if destination is not None:
-                classes = sorted({str(first(i.header, "SOPClassUID")) for i in instances})
-                mover = await Association.open(
-                    destination[0],
-                    destination[1],
-                    calling_ae=self.ae_title,
-                    called_ae=str(request["MoveDestination"]).strip(),
-                    abstract_syntaxes=classes or [VERIFICATION],
-                )
-                store_link = mover
-            originator = None if mover is None else (self.ae_title, int(request["MessageID"]))
-            for n, inst in enumerate(instances, start=1):
-                ok = await self._send_instance(store_link, inst, n, originator)
-                done, failed = done + ok, failed + (not ok)
-        except UpstreamError as exc:
-            log.info("retrieve sub-operations stopped: %s", exc)
-            failed = len(instances) - done
-        finally:
-            if mover is not None:
-                await mover.release()
-        status = 0x0000 if failed == 0 else _SUBOPS_FAILED if done else _UNABLE
-        rsp = response(request, response_field, status)
-        rsp.update(
-            NumberOfCompletedSuboperations=done,
-            NumberOfFailedSuboperations=failed,
-            NumberOfWarningSuboperations=0,
-        )
-        await link.send(request.context_id, rsp)
 
-    async def _send_instance(
-        self, link: Link, inst: Instance, message_id: int, originator: tuple[str, int] | None
-    ) -> bool:
-        sop_class = str(first(inst.header, "SOPClassUID"))
-        context_id = next(
-            (cid for cid, c in link.contexts.items() if str(c.abstract_syntax) == sop_class), None
+        async def stored() -> AsyncIterator[StoredInstance]:
+            for inst in instances:
+                yield StoredInstance(
+                    data=await asyncio.to_thread(inst.path.read_bytes),
+                    sop_class=str(first(inst.header, "SOPClassUID")),
+                    sop_instance=str(first(inst.header, "SOPInstanceUID")),
+                    transfer_syntax=inst.transfer_syntax,
+                    study_instance=str(first(inst.header, "StudyInstanceUID")),
+                )
+
+        await send_suboperations(
+            link,
+            request,
+            response_field,
+            stored(),
+            ae_title=self.ae_title,
+            destination=destination,
+            classes=[str(first(i.header, "SOPClassUID")) for i in instances],
         )
-        if context_id is None:
-            return False
-        ts = UID(link.contexts[context_id].transfer_syntax[0])
-        data = await asyncio.to_thread(_encoded_dataset, inst.path, ts)
-        status = await link.c_store(
-            context_id,
-            sop_class,
-            str(first(inst.header, "SOPInstanceUID")),
-            data,
-            message_id,
-            move_originator=originator,
-        )
-        return status == 0x0000 or 0xB000 <= status <= 0xBFFF
 
     def _instances_for(self, query: Dataset) -> list[Instance]:
         level = str(query.get("QueryRetrieveLevel", ""))
@@ -253,18 +219,10 @@ class DimsePacs:
     async def _store(self, link: Link, request: Message) -> None:
         rsp = response(request, codec.C_STORE_RSP, 0x0000)
         rsp["AffectedSOPInstanceUID"] = request["AffectedSOPInstanceUID"]
-        ts = UID(link.contexts[request.context_id].transfer_syntax[0])
+        ts = str(link.contexts[request.context_id].transfer_syntax[0])
         try:
-            sop_uid = str(request["AffectedSOPInstanceUID"])
-            path = self.stow_dir / f"{sop_uid}.dcm"
-            ds = await asyncio.to_thread(
-                _save,
-                path,
-                request.dataset or b"",
-                ts,
-                str(request["AffectedSOPClassUID"]),
-                sop_uid,
-            )
+            path = self.stow_dir / f"{request['AffectedSOPInstanceUID']}.dcm"
+            ds = await asyncio.to_thread(_save, path, part10(request, ts))
             self.index.add(path, ds)
         except Exception:
             log.exception("C-STORE could not be stored")
@@ -272,24 +230,9 @@ class DimsePacs:
         await link.send(request.context_id, rsp)
 
 
-def _encoded_dataset(path: Path, ts: UID) -> bytes:
-    ds = pydicom.dcmread(path)
-    return Link.encode_dataset(ds, ts.is_implicit_VR)
-
-
-def _save(path: Path, data: bytes, ts: UID, sop_class: str, sop_instance: str) -> Dataset:
-    """Write a received dataset as a Part 10 file without re-encoding it."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+def _save(path: Path, data: bytes) -> Dataset:
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(pydicom.filebase.DicomFileLike(buf), meta)
-    buf.write(data)
     tmp = path.with_suffix(".part")
-    tmp.write_bytes(buf.getvalue())
+    tmp.write_bytes(data)
     tmp.replace(path)
     return pydicom.dcmread(path, stop_before_pixels=True)
