@@ -374,8 +374,8 @@ async def accept(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     supported: Iterable[PresentationContext],
-) -> tuple[Link, str]:
-    """Answer an A-ASSOCIATE-RQ as acceptor; return the link and the calling AE title.
+) -> tuple[Link, tuple[str, str]]:
+    """Answer an A-ASSOCIATE-RQ as acceptor; return the link and (calling, called) AE titles.
 
     Contexts are negotiated with pynetdicom's acceptor rules, SCP/SCU role selection included
     (a C-GET requestor asks to take C-STOREs back on the same association).
@@ -412,7 +412,7 @@ async def accept(
     pdu.from_primitive(ac)
     writer.write(pdu.encode())
     await writer.drain()
-    return link, str(rq.calling_ae_title).strip()
+    return link, (str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip())
 
 
 def supported_contexts(

@@ -68,6 +68,7 @@ def identify(data: bytes) -> StoredInstance | None:
         EOFError,
         OSError,
         struct.error,
+        UserWarning,  # pydicom's warnings about malformed input, where they are errors
     ):
         return None
 

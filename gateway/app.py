@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import dicom.routes
+from dicom.scp import GatewayScp
 
 from .config import Settings
 from .core import open_core
@@ -22,7 +23,12 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_core(settings, probe=probe) as core:
             app[CORE] = core
-            yield
+            scp = GatewayScp(core, move_destinations=settings.move_destination_map())
+            await scp.start(settings.host, settings.dimse_port)
+            try:
+                yield
+            finally:
+                await scp.stop()
 
     app.cleanup_ctx.append(core_ctx)
     app.router.add_get("/healthz", healthz)

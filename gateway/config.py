@@ -45,6 +45,8 @@ class Settings:
     worker_threads: int = 32
     #: Seconds between background reachability probes of every facility (/readyz).
     probe_interval: float = 30.0
+    #: C-MOVE destinations the SCP may send to: "AE=host:port,AE2=host:port".
+    move_destinations: str = ""
     log_level: str = "INFO"
     #: "json" (structured, for machines) or "text" (for people at a terminal).
     log_format: str = "json"
@@ -73,6 +75,17 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def move_destination_map(self) -> dict[str, tuple[str, int]]:
+        """`move_destinations` parsed; a malformed entry is a ConfigError naming it."""
+        out: dict[str, tuple[str, int]] = {}
+        for entry in filter(None, (e.strip() for e in self.move_destinations.split(","))):
+            ae, _, where = entry.partition("=")
+            host, _, port = where.rpartition(":")
+            if not ae or len(ae) > 16 or not host or not port.isdigit():
+                raise ConfigError(f"move_destinations: expected AE=HOST:PORT, got {entry!r}")
+            out[ae] = (host, int(port))
+        return out
 
 
 _TYPES = {f.name: f.type for f in fields(Settings)}

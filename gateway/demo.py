@@ -94,7 +94,7 @@ Huren is up ({seconds:.1f} s). The city's 111 facilities are simulated on loopba
   health, metrics    {base}/healthz   {base}/metrics
   DICOMweb (QIDO)    {base}/dicomweb/studies
   one facility       {base}/facilities/F001/dicomweb/studies
-  DIMSE SCP          AE {settings.ae_title} {settings.host}:{settings.dimse_port} (not yet served)
+  DIMSE SCP          AE {settings.ae_title} on {settings.host}:{settings.dimse_port}
   data dir           {settings.data_dir}
 
 Try:  curl -s {base}/readyz | python3 -m json.tool | head

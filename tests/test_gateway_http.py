@@ -16,12 +16,14 @@ from gateway.config import Settings
 from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
-from tests.city import City
+from tests.city import City, free_port
 
 
 @pytest.fixture
 async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    settings = Settings(data_dir=city.data_dir, federation_deadline=1.0, breaker_reset=60)
+    settings = Settings(
+        data_dir=city.data_dir, federation_deadline=1.0, breaker_reset=60, dimse_port=free_port()
+    )
     async with open_core(settings, probe=False) as core:
         await import_seed(core.store, core.archive, core.registry, city.data_dir)
     async with TestClient(TestServer(build_app(settings))) as c:
