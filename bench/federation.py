@@ -21,66 +21,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.types import DicomWebEndpoint, DimseEndpoint
+from bench.common import cpu_seconds, percentile, timed_queries, wait_ready
 from gateway.config import Settings
 from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
 from tests.city import City, free_port, huren_command, start_simulator, stop_process
-
-QUERY = {"StudyDate": "20240101-20261231", "limit": "1000"}
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-async def timed_queries(url: str, n: int, *, concurrency: int = 1) -> tuple[list[float], int, str]:
-    """Run n searches; return latencies (ms), studies in the last answer, and its Warning."""
-    latencies: list[float] = []
-    last_count, warning = 0, ""
-    async with aiohttp.ClientSession() as session:
-
-        async def one() -> None:
-            nonlocal last_count, warning
-            t = time.perf_counter()
-            async with session.get(url, params=QUERY) as resp:
-                body = await resp.read()
-                assert resp.status == 200, (resp.status, body[:200])
-                warning = resp.headers.get("Warning", "")
-            latencies.append((time.perf_counter() - t) * 1000)
-            last_count = len(json.loads(body))
-
-        for _ in range(n // concurrency):
-            await asyncio.gather(*(one() for _ in range(concurrency)))
-    return latencies, last_count, warning
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_ready(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gateway did not start")
 
 
 def main() -> None:
