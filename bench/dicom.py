@@ -184,7 +184,8 @@ def main() -> None:
             t = time.monotonic()
             orthanc.upload(paths)
             big = set(paths)
-            seeded = [p for p in sorted((data_dir / "seed" / "dicom").rglob("*.dcm")) if p not in big]
+            everything = sorted((data_dir / "seed" / "dicom").rglob("*.dcm"))
+            seeded = [p for p in everything if p not in big]
             orthanc.upload(seeded)
             print(f"Orthanc: uploaded in {time.monotonic() - t:.0f} s")
             asyncio.run(timed_queries(f"{orthanc.dicomweb_url}/studies", 5, params={}))
