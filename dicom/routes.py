@@ -21,5 +21,11 @@ def setup(app: web.Application) -> None:
         instance = f"{prefix}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
         r.add_get(instance, wado.retrieve)
         r.add_get(f"{instance}/metadata", wado.metadata)
+        r.add_get(f"{instance}/rendered", wado.rendered)
+        r.add_get(f"{instance}/thumbnail", wado.thumbnail)
+        r.add_get(f"{instance}/frames/{{frames}}", wado.frames)
+        r.add_get(f"{instance}/frames/{{frames}}/rendered", wado.rendered)
+        r.add_get(f"{prefix}/studies/{{study}}/thumbnail", wado.thumbnail)
+        r.add_get(f"{prefix}/studies/{{study}}/series/{{series}}/thumbnail", wado.thumbnail)
     app.router.add_post("/facilities/{facility}/dicomweb/studies", stow.store)
     app.router.add_post("/facilities/{facility}/dicomweb/studies/{study}", stow.store)

@@ -8,8 +8,10 @@ it did not have to reassemble (DIMSE sends each instance whole).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +22,7 @@ from adapters.multipart import Part, multipart_body, new_boundary, related_conte
 from adapters.types import RetrievedInstance, Target
 from gateway.web import CORE
 
+from . import render
 from .errors import dicom_error, failure_response
 from .qido import DICOM_JSON, annotate, parse_match
 
@@ -74,7 +77,7 @@ async def metadata(request: web.Request) -> web.Response:
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
     core = request.app[CORE]
-    _check_accept(request)
+    accepted = _accepted_syntaxes(request)
     async with failure_response():
         fid, instances = await core.imaging.retrieve(
             request.match_info.get("facility"), _target(request)
@@ -85,7 +88,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     )
     try:
         await resp.prepare(request)
-        async for data in multipart_body(_parts(instances), boundary):
+        async for data in multipart_body(_parts(instances, accepted), boundary):
             await resp.write(data)
         await resp.write_eof()
     finally:
@@ -95,25 +98,150 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _parts(instances: AsyncIterator[RetrievedInstance]) -> AsyncIterator[Part]:
+async def rendered(request: web.Request) -> web.Response:
+    """An instance (or one of its frames) as JPEG or PNG, with window and viewport."""
+    media = _image_media(request)
+    frame_list = _frame_numbers(request)
+    try:
+        params = render.parse_params(dict(request.query), media, frame_list[0] if frame_list else 1)
+    except render.RenderError as exc:
+        raise dicom_error(400, str(exc)) from None
+    return await _render(request, params)
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    """A small rendering: of the instance, or of the middle instance of a series or study."""
+    media = _image_media(request)
+    params = render.RenderParams(media=media, viewport=(render.THUMBNAIL, render.THUMBNAIL))
+    return await _render(request, params)
+
+
+async def frames(request: web.Request) -> web.StreamResponse:
+    """Frames of an instance as stored (PS3.18 10.4.1.1.4): octet-stream or the codec's type."""
+    numbers = _frame_numbers(request)
+    fid, data = await _one_instance(request)
+    try:
+        media, payloads = await asyncio.to_thread(render.frames, data, numbers)
+    except render.RenderError as exc:
+        raise dicom_error(400, str(exc)) from None
+    boundary = new_boundary()
+    resp = web.StreamResponse(
+        headers={"Content-Type": related_content_type(boundary, media), "Huren-Facility": fid}
+    )
+    await resp.prepare(request)
+    parts = [Part(media, _once(p), len(p)) for p in payloads]
+    async for chunk in multipart_body(_iterate(parts), boundary):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+async def _render(request: web.Request, params: render.RenderParams) -> web.Response:
+    fid, data = await _one_instance(request)
+    try:
+        image = await asyncio.to_thread(render.render, data, params)
+    except render.RenderError as exc:
+        raise dicom_error(400, str(exc)) from None
+    return web.Response(body=image, content_type=params.media, headers={"Huren-Facility": fid})
+
+
+async def _one_instance(request: web.Request) -> tuple[str, bytes]:
+    """The named instance, or the middle one of the named series or study, read whole."""
+    core = request.app[CORE]
+    target = _target(request)
+    facility = request.match_info.get("facility")
+    if target.instance is None:
+        async with failure_response():
+            fid, found = await core.imaging.search_instances(
+                facility, target.study, target.series, {}, None
+            )
+        if not found:
+            raise dicom_error(404, "no instances to render")
+        found.sort(key=lambda ds: (str(_v(ds, "0020000E")), int(_v(ds, "00200013") or 0)))
+        middle = found[len(found) // 2]
+        target = Target(target.study, str(_v(middle, "0020000E")), str(_v(middle, "00080018")))
+        facility = fid
+    async with failure_response():
+        fid, instances = await core.imaging.retrieve(facility, target)
+        try:
+            first = await anext(instances)
+            data = b"".join([chunk async for chunk in first.chunks])
+        finally:
+            await instances.aclose()  # type: ignore[attr-defined]
+    return fid, data
+
+
+async def _parts(
+    instances: AsyncIterator[RetrievedInstance], accepted: set[str]
+) -> AsyncIterator[Part]:
     async for inst in instances:
+        if accepted and "*" not in accepted and inst.transfer_syntax not in accepted:
+            # The client takes nothing this instance is stored in: Explicit VR Little Endian,
+            # which every client takes (PS3.18 8.7.3.5.2). Read whole and re-encoded off-loop.
+            data = b"".join([chunk async for chunk in inst.chunks])
+            try:
+                data = await asyncio.to_thread(render.transcode_to_explicit, data)
+            except Exception as exc:  # a codec missing: keep the stream going, as stored
+                log.warning("transcoding failed: %s", type(exc).__name__)
+                ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax}"
+                yield Part(ctype, _once(data), len(data))
+                continue
+            ctype = f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+            yield Part(ctype, _once(data), len(data))
+            continue
         ctype = "application/dicom"
         if inst.transfer_syntax:
             ctype += f"; transfer-syntax={inst.transfer_syntax}"
         yield Part(ctype, inst.chunks)
 
 
-def _check_accept(request: web.Request) -> None:
-    """Only multipart/related; type=application/dicom as stored (PS3.18 8.7.3.5.2) for now."""
+def _accepted_syntaxes(request: web.Request) -> set[str]:
+    """Transfer syntaxes the Accept header names for application/dicom (empty: as stored)."""
     accept = request.headers.get("Accept", "*/*")
     acceptable = ("*/*", "multipart/related", "multipart/*", "application/dicom")
     if not any(a in accept for a in acceptable):
         raise dicom_error(406, "retrievals are multipart/related; type=application/dicom")
-    if "transfer-syntax=" in accept and not re.search(r"transfer-syntax=\"?\*", accept):
-        # Transcoding arrives with the rendering work; say so rather than ignore the ask.
-        ts = re.findall(r"transfer-syntax=\"?([0-9.]+)", accept)
-        if ts and not any(t in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2") for t in ts):
-            raise dicom_error(406, "only transfer syntaxes as stored are served")
+    return set(re.findall(r"transfer-syntax=\"?([0-9.]+|\*)", accept))
+
+
+def _image_media(request: web.Request) -> str:
+    accept = request.headers.get("Accept", "image/jpeg")
+    for media in ("image/jpeg", "image/png"):
+        if media in accept:
+            return media
+    if "*/*" in accept or "image/*" in accept:
+        return "image/jpeg"
+    raise dicom_error(406, "rendered images are image/jpeg or image/png")
+
+
+def _frame_numbers(request: web.Request) -> list[int]:
+    raw = request.match_info.get("frames")
+    if raw is None:
+        return []
+    try:
+        numbers = [int(n) for n in raw.split(",")]
+    except ValueError:
+        raise dicom_error(400, "frames are a comma-separated list of numbers") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise dicom_error(400, "frame numbers start at 1")
+    return numbers
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _iterate(parts: list[Part]) -> AsyncIterator[Part]:
+    for part in parts:
+        yield part
+
+
+def _v(ds: dict[str, Any], tag: str) -> Any:
+    return (ds.get(tag) or {}).get("Value", [None])[0]
+
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+log = logging.getLogger(__name__)
 
 
 def _answer(request: web.Request, fid: str, found: list[dict[str, Any]]) -> web.Response:

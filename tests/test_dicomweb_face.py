@@ -133,8 +133,9 @@ async def test_retrieve_from_a_down_facility_is_502_then_503(
     assert resp.headers["Retry-After"] == "30"
 
 
-async def test_unacceptable_accept_is_406(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
-    """Asking for a rendered type or a transfer syntax the gateway cannot give is 406."""
+async def test_accept_negotiation(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+    """A rendered type on a retrieval is 406; a transfer syntax the instances are not stored in
+    gets them as Explicit VR Little Endian, the syntax every client takes."""
     fid, study_dir = _study_of_kind(city, "dicomweb")
     url = f"/facilities/{fid}/dicomweb/studies/{study_dir.name}"
     resp = await client.get(url, headers={"Accept": "image/jpeg"})
@@ -146,4 +147,6 @@ async def test_unacceptable_accept_is_406(client: TestClient, city: City) -> Non
             "transfer-syntax=1.2.840.10008.1.2.4.50"
         },
     )
-    assert resp.status == 406
+    assert resp.status == 200
+    body = await resp.read()
+    assert b"transfer-syntax=1.2.840.10008.1.2.1\r\n" in body
