@@ -11,16 +11,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache, partial
-from io import BytesIO
 from typing import TypeVar
 
-import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from .dicom_index import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 from .dul import Association
 from .errors import UpstreamError, UpstreamUnavailable
+from .files import header_json
 from .part10 import dataset_bytes, part10
 from .types import (
     DicomJson,
@@ -108,8 +107,7 @@ class DimseImaging:
     async def metadata(self, target: Target) -> list[DicomJson]:
         out = []
         async for _, data in self._get(target):
-            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-            out.append(ds.to_json_dict(bulk_data_threshold=1 << 20))
+            out.append(await asyncio.to_thread(header_json, data))
         return out
 
     async def store(self, instances: Sequence[StoredInstance]) -> list[int]:

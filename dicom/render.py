@@ -95,6 +95,20 @@ def frames(data: bytes, numbers: list[int]) -> tuple[str, list[bytes]]:
     ]
 
 
+def bulk_value(data: bytes, tag: int) -> bytes:
+    """The raw value of a top-level element (pixel data: every frame, as stored)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:
+        raise RenderError(f"not a readable DICOM instance: {exc}") from None
+    if tag not in ds:
+        raise RenderError(f"the instance has no element {tag:08X}")
+    value = ds[tag].value
+    if not isinstance(value, bytes):
+        raise RenderError(f"element {tag:08X} is not bulk data")
+    return value
+
+
 def transcode_to_explicit(data: bytes) -> bytes:
     """An instance re-encoded as Explicit VR Little Endian (decompressed if need be)."""
     ds = _read(data)

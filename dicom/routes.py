@@ -21,6 +21,7 @@ def setup(app: web.Application) -> None:
         instance = f"{prefix}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
         r.add_get(instance, wado.retrieve)
         r.add_get(f"{instance}/metadata", wado.metadata)
+        r.add_get(f"{instance}/bulkdata/{{tag}}", wado.bulkdata)
         r.add_get(f"{instance}/rendered", wado.rendered)
         r.add_get(f"{instance}/thumbnail", wado.thumbnail)
         r.add_get(f"{instance}/frames/{{frames}}", wado.frames)

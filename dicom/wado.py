@@ -71,8 +71,68 @@ async def metadata(request: web.Request) -> web.Response:
         fid, found = await core.imaging.metadata(
             request.match_info.get("facility"), _target(request)
         )
-    body = json.dumps(found, ensure_ascii=False).encode()
+    base = f"{request.scheme}://{request.host}/facilities/{fid}/dicomweb"
+    body = json.dumps([_own_bulkdata(ds, base) for ds in found], ensure_ascii=False).encode()
     return web.Response(body=body, content_type=DICOM_JSON, headers={"Huren-Facility": fid})
+
+
+async def bulkdata(request: web.Request) -> web.StreamResponse:
+    """A top-level bulk value of an instance (PS3.18 10.4.1.1.5), as application/octet-stream."""
+    tag = request.match_info["tag"].upper()
+    if not re.fullmatch(r"[0-9A-F]{8}", tag):
+        raise dicom_error(400, "bulkdata is addressed by an 8-digit hex tag")
+    fid, data = await _one_instance(request)
+    try:
+        value = await asyncio.to_thread(render.bulk_value, data, int(tag, 16))
+    except render.RenderError as exc:
+        raise dicom_error(404, str(exc)) from None
+    boundary = new_boundary()
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": related_content_type(boundary, "application/octet-stream"),
+            "Huren-Facility": fid,
+        }
+    )
+    await resp.prepare(request)
+    part = Part("application/octet-stream", _once(value), len(value))
+    async for chunk in multipart_body(_iterate([part]), boundary):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def _own_bulkdata(ds: dict[str, Any], base: str) -> dict[str, Any]:
+    """Point every top-level BulkDataURI at this gateway (an upstream's own URLs must not leak
+    to clients); nested ones, which have no address here, are dropped."""
+    url = (
+        f"{base}/studies/{_v(ds, '0020000D')}/series/{_v(ds, '0020000E')}"
+        f"/instances/{_v(ds, '00080018')}/bulkdata"
+    )
+    out = {}
+    for tag, element in ds.items():
+        if "BulkDataURI" in element:
+            element = {**element, "BulkDataURI": f"{url}/{tag}"}
+        elif element.get("vr") == "SQ":
+            element = {
+                **element,
+                "Value": [_drop_bulkdata(item) for item in element.get("Value", [])],
+            }
+        out[tag] = element
+    return out
+
+
+def _drop_bulkdata(ds: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for tag, element in ds.items():
+        if "BulkDataURI" in element:
+            element = {"vr": element.get("vr", "UN")}
+        elif element.get("vr") == "SQ":
+            element = {
+                **element,
+                "Value": [_drop_bulkdata(item) for item in element.get("Value", [])],
+            }
+        out[tag] = element
+    return out
 
 
 async def retrieve(request: web.Request) -> web.StreamResponse:

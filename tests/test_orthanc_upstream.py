@@ -120,3 +120,18 @@ async def test_orthanc_study_retrieves_byte_identical(
     }
     series = await asyncio.to_thread(dw.search_for_series, stocked[0].StudyInstanceUID)
     assert [s["0020000E"]["Value"][0] for s in series] == [stocked[0].SeriesInstanceUID]
+
+
+async def test_orthanc_metadata_bulk_data_is_served_by_the_gateway(
+    client: TestClient,
+    stocked: list[pydicom.Dataset],
+    orthanc: OrthancServer,  # type: ignore[type-arg]
+) -> None:
+    """Orthanc's own bulk data URLs never reach the client: they point at the gateway."""
+    ds = stocked[0]
+    meta = await (
+        await client.get(f"/facilities/F112/dicomweb/studies/{ds.StudyInstanceUID}/metadata")
+    ).json()
+    uris = [e["BulkDataURI"] for m in meta for e in m.values() if "BulkDataURI" in e]
+    assert uris and all(u.startswith(str(client.make_url("/facilities/F112/"))) for u in uris)
+    assert not any(str(orthanc.http_port) in u for u in uris)

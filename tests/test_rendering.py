@@ -171,3 +171,15 @@ def _save(ds: pydicom.Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+async def test_metadata_points_bulk_data_at_the_gateway(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+    """Metadata carries PixelData as a BulkDataURI of this gateway; fetching it gives the pixels."""
+    fid, ds = _ct(city)
+    meta = await (await client.get(_url(fid, ds, "/metadata"))).json()
+    uri = meta[0]["7FE00010"]["BulkDataURI"]
+    assert uri == str(client.make_url(_url(fid, ds, "/bulkdata/7FE00010")))
+    resp = await client.get(_url(fid, ds, "/bulkdata/7FE00010"))
+    assert resp.status == 200 and ds.PixelData in await resp.read()
+    assert (await client.get(_url(fid, ds, "/bulkdata/00100010"))).status == 404
+    assert (await client.get(_url(fid, ds, "/bulkdata/xyz"))).status == 400
