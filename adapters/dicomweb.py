@@ -109,6 +109,8 @@ class DicomWebImaging:
         params = tuple(sorted((k, v) for k, v in query.match.items() if v))
         if query.limit is not None:
             params += (("limit", str(query.limit)),)
+        if query.include:
+            params += (("includefield", ",".join(query.include)),)
         url = URL(f"{self.endpoint.url}/{path}?{_query_string(params)}", encoded=True)
         data = await get_json(self.session, url, accept=DICOM_JSON, ok_empty=True)
         return _datasets(data)

@@ -86,11 +86,13 @@ class DimseImaging:
             raise UpstreamError(f"C-ECHO answered status 0x{status:04X}")
 
     async def search_studies(self, query: StudyQuery) -> list[DicomJson]:
-        return await self._find("STUDY", _STUDY_RETURN_KEYS, query.match, query.limit)
+        keys = _STUDY_RETURN_KEYS + _extra(query)
+        return await self._find("STUDY", keys, query.match, query.limit)
 
     async def search_series(self, study: str, query: StudyQuery) -> list[DicomJson]:
         match = {**query.match, "StudyInstanceUID": study}
-        return await self._find("SERIES", _SERIES_RETURN_KEYS, match, query.limit)
+        keys = _SERIES_RETURN_KEYS + _extra(query)
+        return await self._find("SERIES", keys, match, query.limit)
 
     async def search_instances(
         self, study: str, series: str | None, query: StudyQuery
@@ -98,7 +100,8 @@ class DimseImaging:
         match = {**query.match, "StudyInstanceUID": study}
         if series:
             match["SeriesInstanceUID"] = series
-        return await self._find("IMAGE", _INSTANCE_RETURN_KEYS, match, query.limit)
+        keys = _INSTANCE_RETURN_KEYS + _extra(query)
+        return await self._find("IMAGE", keys, match, query.limit)
 
     async def retrieve(self, target: Target) -> AsyncIterator[RetrievedInstance]:
         async for ts, data in self._get(target):
@@ -270,6 +273,11 @@ def _identifier(
 
 
 _BINARY_NUMBERS = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "UV", "SV"})
+
+
+def _extra(query: StudyQuery) -> tuple[str, ...]:
+    """includefield as more return keys ("all" adds nothing: C-FIND returns what it is asked)."""
+    return tuple(k for k in query.include if k != "all")
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

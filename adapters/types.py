@@ -73,6 +73,8 @@ class StudyQuery:
 
     match: Mapping[str, str] = field(default_factory=dict)
     limit: int | None = None
+    #: Attributes to return beyond the defaults (QIDO includefield; C-FIND return keys).
+    include: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,18 @@ def parse_match(query: Any) -> tuple[dict[str, str], int, int]:
     return match, limit, offset
 
 
+def parse_include(query: Any) -> tuple[str, ...]:
+    """includefield (repeated or comma-separated keywords or tags, or "all") as keywords."""
+    out: list[str] = []
+    for raw in query.getall("includefield", []):
+        for item in filter(None, (x.strip() for x in raw.split(","))):
+            keyword = "all" if item == "all" else _keyword(item)
+            if keyword is None:
+                raise dicom_error(400, f"unknown includefield {item!r}")
+            out.append(keyword)
+    return tuple(dict.fromkeys(out))
+
+
 def _keyword(key: str) -> str | None:
     if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
         return keyword_for_tag(int(key, 16)) or None
@@ -60,6 +72,7 @@ async def search_studies(request: web.Request) -> web.Response:
         match,
         facility_ids=None if facility_id is None else [facility_id],
         limit=offset + limit,
+        include=parse_include(request.query),
     )
     base = f"{request.scheme}://{request.host}"
     datasets = [annotate(ds, fid, core.registry, base) for fid, ds in result.items]

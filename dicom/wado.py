@@ -24,7 +24,7 @@ from gateway.web import CORE
 
 from . import render
 from .errors import dicom_error, failure_response
-from .qido import DICOM_JSON, annotate, parse_match
+from .qido import DICOM_JSON, annotate, parse_include, parse_match
 
 # PS3.5 9.1: a UID is dot-separated numeric components, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -49,7 +49,11 @@ async def search_series(request: web.Request) -> web.Response:
     match, limit, offset = parse_match(request.query)
     async with failure_response():
         fid, found = await core.imaging.search_series(
-            request.match_info.get("facility"), target.study, match, offset + limit
+            request.match_info.get("facility"),
+            target.study,
+            match,
+            offset + limit,
+            parse_include(request.query),
         )
     return _answer(request, fid, found[offset : offset + limit])
 
@@ -60,7 +64,12 @@ async def search_instances(request: web.Request) -> web.Response:
     match, limit, offset = parse_match(request.query)
     async with failure_response():
         fid, found = await core.imaging.search_instances(
-            request.match_info.get("facility"), target.study, target.series, match, offset + limit
+            request.match_info.get("facility"),
+            target.study,
+            target.series,
+            match,
+            offset + limit,
+            parse_include(request.query),
         )
     return _answer(request, fid, found[offset : offset + limit])
 

@@ -48,6 +48,7 @@ class ImagingService:
         *,
         facility_ids: Iterable[str] | None = None,
         limit: int | None = None,
+        include: tuple[str, ...] = (),
     ) -> FederatedResult[DicomJson]:
         """Study-level search across facilities.
 
@@ -73,7 +74,7 @@ class ImagingService:
                 per_facility = {fid: _with_mrn(match, patient_id) for fid in targets}
 
         async def call(fid: str) -> list[DicomJson]:
-            query = StudyQuery(match=per_facility[fid], limit=limit)
+            query = StudyQuery(match=per_facility[fid], limit=limit, include=include)
             return await self.upstreams.imaging(fid).search_studies(query)
 
         return await self.federation.fan_out(targets, call, operation="search-studies")
@@ -102,10 +103,16 @@ class ImagingService:
         return holders[0]
 
     async def search_series(
-        self, facility_id: str | None, study: str, match: Mapping[str, str], limit: int | None
+        self,
+        facility_id: str | None,
+        study: str,
+        match: Mapping[str, str],
+        limit: int | None,
+        include: tuple[str, ...] = (),
     ) -> tuple[str, list[DicomJson]]:
         fid = await self.holder(facility_id, study)
-        found = await self._call(fid, lambda a: a.search_series(study, StudyQuery(match, limit)))
+        query = StudyQuery(match, limit, include)
+        found = await self._call(fid, lambda a: a.search_series(study, query))
         return fid, found
 
     async def search_instances(
@@ -115,9 +122,10 @@ class ImagingService:
         series: str | None,
         match: Mapping[str, str],
         limit: int | None,
+        include: tuple[str, ...] = (),
     ) -> tuple[str, list[DicomJson]]:
         fid = await self.holder(facility_id, study)
-        query = StudyQuery(match, limit)
+        query = StudyQuery(match, limit, include)
         found = await self._call(fid, lambda a: a.search_instances(study, series, query))
         return fid, found
 

@@ -155,3 +155,17 @@ async def test_dicomweb_client_searches_through_the_gateway(client: TestClient, 
     assert studies
     records = patients[0]["records"]
     assert all(s["00100020"]["Value"][0] == records[s["00111001"]["Value"][0]] for s in studies)  # type: ignore[index]
+
+
+async def test_includefield_reaches_the_facilities(client: TestClient) -> None:  # type: ignore[type-arg]
+    """includefield=PatientAge comes back (empty if unknown) from DIMSE PACS, which are asked
+    for it as a return key; an unknown includefield is a 400."""
+    from adapters.types import DimseEndpoint
+
+    dimse = {f.id for f in load_registry() if isinstance(f.imaging, DimseEndpoint)}
+    resp = await client.get("/dicomweb/studies", params={"includefield": "PatientAge", "limit": "1000"})
+    studies = await resp.json()
+    from_dimse = [s for s in studies if s["00111001"]["Value"][0] in dimse]
+    assert from_dimse and all("00101010" in s for s in from_dimse)
+    bad = await client.get("/dicomweb/studies", params={"includefield": "NoSuchThing"})
+    assert bad.status == 400
