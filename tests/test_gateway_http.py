@@ -163,7 +163,8 @@ async def test_includefield_reaches_the_facilities(client: TestClient) -> None: 
     from adapters.types import DimseEndpoint
 
     dimse = {f.id for f in load_registry() if isinstance(f.imaging, DimseEndpoint)}
-    resp = await client.get("/dicomweb/studies", params={"includefield": "PatientAge", "limit": "1000"})
+    params = {"includefield": "PatientAge", "limit": "1000"}
+    resp = await client.get("/dicomweb/studies", params=params)
     studies = await resp.json()
     from_dimse = [s for s in studies if s["00111001"]["Value"][0] in dimse]
     assert from_dimse and all("00101010" in s for s in from_dimse)
