@@ -97,6 +97,11 @@ class ImagingService:
             return cached.decode()
         result = await self.search_studies({"StudyInstanceUID": study}, limit=1)
         holders = [fid for fid, _ in result.items]
+        if not holders and not result.complete:
+            # Not found, but not every facility answered: it may be at one that did not.
+            raise FacilityUnavailable(
+                f"study not found; {len(result.failures)} facilities did not answer"
+            )
         if not holders:
             raise NotFound(f"no facility holds study {study}")
         await self.cache.set(key, holders[0].encode(), ttl=STUDY_HOLDER_TTL)
@@ -163,8 +168,9 @@ class ImagingService:
     ) -> list[int]:
         """Store into the facility's archive (its PACS, or the gateway's own for facilities
         without one); a DICOM status per instance."""
-        fid = await self.holder(facility_id, "")
-        return await self._call(fid, lambda a: a.store(instances))
+        if self.registry.get(facility_id) is None:
+            raise NotFound(f"no facility {facility_id}")
+        return await self._call(facility_id, lambda a: a.store(instances))
 
     def _adapter(self, fid: str) -> ImagingAdapter:
         if not self.federation.breaker(fid).allow():

@@ -150,3 +150,14 @@ async def test_accept_negotiation(client: TestClient, city: City) -> None:  # ty
     assert resp.status == 200
     body = await resp.read()
     assert b"transfer-syntax=1.2.840.10008.1.2.1\r\n" in body
+
+
+async def test_unfound_study_while_a_facility_is_down_is_503_not_404(
+    client: TestClient, city: City  # type: ignore[type-arg]
+) -> None:
+    """A study no answering facility holds is only 'not found' when every facility answered."""
+    fid, _ = _study_of_kind(city, "dicomweb")
+    city.fault(fid, "down")
+    resp = await client.get("/dicomweb/studies/1.2.3.4.5.6.7.8.9.10")
+    assert resp.status == 503
+    assert "did not answer" in (await resp.json())[0]["00000902"]["Value"][0]
