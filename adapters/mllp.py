@@ -16,10 +16,14 @@ is aborted at once so that a late ACK cannot be read as the answer to the next m
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from types import TracebackType
 
 from .errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
@@ -283,3 +287,36 @@ async def send_and_wait_ack(
     conn = await MllpConnection.open(host, port, timeout=timeout, max_bytes=max_bytes)
     async with conn:
         return await conn.exchange(message, timeout=max(deadline - loop.time(), 0.0))
+
+
+async def serve(
+    handle: Callable[[bytes], Awaitable[bytes]],
+    host: str,
+    port: int,
+    *,
+    max_bytes: int = MAX_FRAME_BYTES,
+    idle_seconds: float = 600.0,
+) -> asyncio.Server:
+    """Listen for MLLP peers: each whole message goes to ``handle``, whose answer (an ACK) is
+    framed and sent back before the next message is read.
+
+    A stream that stops being MLLP (junk, an oversized frame, a connection cut mid-message) is
+    closed: nothing of the broken frame was acknowledged, so the sender sends it again.
+    """
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(idle_seconds):
+                    message = await read_frame(reader, max_bytes=max_bytes)
+                if message is None:
+                    break
+                answer = await handle(message)
+                writer.write(frame(answer))
+                await writer.drain()
+        except (MllpFramingError, TimeoutError, ConnectionError) as exc:
+            log.info("MLLP connection closed: %s", type(exc).__name__)
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(on_connection, host, port, reuse_address=True)

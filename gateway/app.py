@@ -13,6 +13,7 @@ from dicom.scp import GatewayScp
 
 from .config import Settings
 from .core import open_core
+from .lab_feed import LabFeed
 from .metrics import REGISTRY
 from .web import CORE, observe
 
@@ -25,9 +26,12 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
             app[CORE] = core
             scp = GatewayScp(core, move_destinations=settings.move_destination_map())
             await scp.start(settings.host, settings.dimse_port)
+            feed = LabFeed(core.registry, core.store)
+            await feed.start(settings.host, settings.mllp_port)
             try:
                 yield
             finally:
+                await feed.stop()
                 await scp.stop()
 
     app.cleanup_ctx.append(core_ctx)

@@ -27,6 +27,8 @@ class Settings:
     #: DIMSE SCP port, AE title HUREN.
     dimse_port: int = 11112
     ae_title: str = "HUREN"
+    #: MLLP listener for facilities' HL7 v2 lab feeds (2575: the port IANA lists for HL7).
+    mllp_port: int = 2575
     #: None: SQLite file in the data dir. Else a PostgreSQL URL.
     database_url: str | None = None
     #: None: in-process cache. Else a redis:// URL shared by every gateway process.

@@ -25,6 +25,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     and_,
@@ -146,6 +147,36 @@ lab_result = Table(
 )
 
 
+hl7_message = Table(
+    "hl7_message",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("facility_id", String(64), nullable=False),  # or MSH-4 as sent, when unknown
+    Column("control_id", String(64), nullable=True),  # MSH-10; null when unreadable
+    Column("status", String(16), nullable=False),  # stored | rejected
+    Column("error", Text, nullable=True),
+    Column("raw", Text, nullable=False),  # kept whole, for inspection and replay
+    Column("received_at", _UtcDateTime(), nullable=False),
+    # A control id is stored once; a rejected message is kept once per control id too, and a
+    # corrected message may reuse the id of one that was rejected.
+    UniqueConstraint("facility_id", "control_id", "status", name="uq_hl7_message_control"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Record:
+    """One received HL7 v2 message and what it yields, written in one transaction."""
+
+    facility_id: str
+    control_id: str | None
+    status: Literal["stored", "rejected"]
+    raw: str
+    error: str | None = None
+    results: tuple[LabResult, ...] = ()
+    #: (person key, system, value, facility id) identity links learned from the message.
+    identities: tuple[tuple[str, str, str, str | None], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Identifier:
     """One identifier of a person, as the MPI knows it."""
@@ -189,6 +220,22 @@ class LabResult:
             )
         if self.effective is not None and self.effective.utcoffset() is None:
             raise ValueError(f"effective must be timezone-aware (got naive {self.effective!r})")
+
+
+def _lab_row(r: LabResult, received_at: datetime) -> dict[str, Any]:
+    return {
+        "facility_id": r.facility_id,
+        "person_key": r.person_key,
+        "patient_system": r.patient_system,
+        "patient_value": r.patient_value,
+        "resource_type": r.resource_type,
+        "resource_id": r.resource_id,
+        "code": r.code,
+        "effective": r.effective,
+        "resource": dict(r.resource),
+        "source_message_id": r.source_message_id,
+        "received_at": received_at,
+    }
 
 
 def _async_url(url: str) -> URL:
@@ -398,22 +445,7 @@ class Store:
             How many results were newly stored.
         """
         received_at = datetime.now(UTC)
-        values = [
-            {
-                "facility_id": r.facility_id,
-                "person_key": r.person_key,
-                "patient_system": r.patient_system,
-                "patient_value": r.patient_value,
-                "resource_type": r.resource_type,
-                "resource_id": r.resource_id,
-                "code": r.code,
-                "effective": r.effective,
-                "resource": dict(r.resource),
-                "source_message_id": r.source_message_id,
-                "received_at": received_at,
-            }
-            for r in rows
-        ]
+        values = [_lab_row(r, received_at) for r in rows]
         stored = 0
         async with self._engine.begin() as conn:
             for start in range(0, len(values), _INSERT_CHUNK):
@@ -426,6 +458,70 @@ class Store:
                 )
                 stored += (await conn.execute(stmt)).rowcount
         return stored
+
+    async def record_hl7(self, records: list[Hl7Record]) -> list[bool]:
+        """Write a batch of received messages in ONE transaction (the group commit of the
+        HL7 listener); for each, whether it was new (False: a repeat, nothing written).
+
+        A message is acknowledged only after this returns, so an ACK means it is durable.
+        """
+        now = datetime.now(UTC)
+        fresh: list[bool] = []
+        async with self._engine.begin() as conn:
+            for rec in records:
+                stmt = (
+                    self._insert(hl7_message)
+                    .values(
+                        facility_id=rec.facility_id,
+                        control_id=rec.control_id,
+                        status=rec.status,
+                        error=rec.error,
+                        raw=rec.raw,
+                        received_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["facility_id", "control_id", "status"])
+                )
+                new = bool((await conn.execute(stmt)).rowcount) or rec.control_id is None
+                fresh.append(new)
+                if not new or rec.status != "stored":
+                    continue
+                if rec.results:
+                    await conn.execute(
+                        self._insert(lab_result)
+                        .values([_lab_row(r, now) for r in rec.results])
+                        .on_conflict_do_nothing(
+                            index_elements=["facility_id", "resource_type", "resource_id"]
+                        )
+                    )
+                if rec.identities:
+                    await conn.execute(
+                        self._insert(patient_identity)
+                        .values(
+                            [
+                                {
+                                    "person_key": person,
+                                    "system": system,
+                                    "value": value,
+                                    "facility_id": facility,
+                                    "source": f"hl7v2:{rec.facility_id}",
+                                    "learned_at": now,
+                                }
+                                for person, system, value, facility in rec.identities
+                            ]
+                        )
+                        .on_conflict_do_nothing(index_elements=["system", "value"])
+                    )
+        return fresh
+
+    async def hl7_messages(
+        self, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Received messages, newest first (rejected ones are kept here for inspection)."""
+        stmt = select(hl7_message).order_by(hl7_message.c.id.desc()).limit(limit)
+        if status is not None:
+            stmt = stmt.where(hl7_message.c.status == status)
+        async with self._engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(stmt)]
 
     async def lab_results_for(
         self,

@@ -27,7 +27,11 @@ KINDS = {"dicomweb": DicomWebEndpoint, "dimse": DimseEndpoint, "archive": NoImag
 @pytest.fixture
 async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     settings = Settings(
-        data_dir=city.data_dir, federation_deadline=2.0, breaker_reset=60, dimse_port=free_port()
+        data_dir=city.data_dir,
+        federation_deadline=2.0,
+        breaker_reset=60,
+        dimse_port=free_port(),
+        mllp_port=free_port(),
     )
     async with open_core(settings, probe=False) as core:
         await import_seed(core.store, core.archive, core.registry, city.data_dir)
@@ -153,7 +157,8 @@ async def test_accept_negotiation(client: TestClient, city: City) -> None:  # ty
 
 
 async def test_unfound_study_while_a_facility_is_down_is_503_not_404(
-    client: TestClient, city: City  # type: ignore[type-arg]
+    client: TestClient,
+    city: City,  # type: ignore[type-arg]
 ) -> None:
     """A study no answering facility holds is only 'not found' when every facility answered."""
     fid, _ = _study_of_kind(city, "dicomweb")

@@ -59,6 +59,7 @@ async def gateway(city: City) -> AsyncIterator[Gateway]:
         federation_deadline=2.0,
         breaker_reset=60,
         dimse_port=port,
+        mllp_port=free_port(),
         move_destinations=f"STORESCP=127.0.0.1:{mover}",
     )
     async with open_core(settings, probe=False) as core:

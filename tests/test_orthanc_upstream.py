@@ -81,6 +81,7 @@ async def client(city: City, orthanc: OrthancServer, tmp_path: Path) -> AsyncIte
         federation_deadline=3.0,
         breaker_reset=60,
         dimse_port=free_port(),
+        mllp_port=free_port(),
         registry_path=_registry_with_orthanc(tmp_path / "facilities.json", orthanc),
     )
     async with open_core(settings, probe=False) as core:

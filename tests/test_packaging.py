@@ -135,7 +135,7 @@ def test_huren_demo_comes_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None
     shifted = tmp_path / "facilities.json"
     shifted.write_text(json.dumps(registry, ensure_ascii=False), encoding="utf-8")
     port = free_port()
-    env = {**os.environ, "HUREN_REGISTRY_PATH": str(shifted)}
+    env = {**os.environ, "HUREN_REGISTRY_PATH": str(shifted), "HUREN_MLLP_PORT": str(free_port())}
     demo = subprocess.Popen(
         [
             sys.executable,

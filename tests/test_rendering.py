@@ -25,7 +25,11 @@ from tests.test_dicomweb_face import KINDS, REGISTRY
 @pytest.fixture
 async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
     settings = Settings(
-        data_dir=city.data_dir, federation_deadline=2.0, breaker_reset=60, dimse_port=free_port()
+        data_dir=city.data_dir,
+        federation_deadline=2.0,
+        breaker_reset=60,
+        dimse_port=free_port(),
+        mllp_port=free_port(),
     )
     async with open_core(settings, probe=False) as core:
         await import_seed(core.store, core.archive, core.registry, city.data_dir)

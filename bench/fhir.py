@@ -1,0 +1,140 @@
+"""The lab side: HL7 v2 ORU^R01 ingest through the gateway's MLLP listener, acknowledged only
+after the results are durable, on SQLite and on PostgreSQL (group commit, several senders).
+
+(The FHIR face's search figures join this script when the FHIR face lands.)
+
+    python bench/fhir.py            # 6,000 messages per backend over 8 connections
+    python bench/fhir.py --quick    # 1,500
+
+Prints readable lines, then one line of JSON with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.mllp import MllpConnection
+from adapters.types import Hl7v2Feed
+from bench.common import wait_ready
+from gateway.registry import load_registry
+from seeds.generator import generate
+from seeds.hl7_sender import control_id_of, messages_for_facility, parse_ack
+from tests.city import free_port, huren_command
+
+PG_ADMIN = os.environ.get("HUREN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def corpus(data_dir: Path, n: int) -> list[bytes]:
+    """n distinct ORU^R01 messages from the seed's HL7 v2 facilities (control ids made unique)."""
+    base: list[bytes] = []
+    for f in load_registry():
+        path = data_dir / "seed" / "fhir" / f"{f.id}.ndjson"
+        if isinstance(f.lab, Hl7v2Feed) and path.exists():
+            base += messages_for_facility(
+                path,
+                sending_application=f.lab.sending_application,
+                sending_facility=f.lab.sending_facility,
+            )
+    out = []
+    for i in range(n):
+        m = base[i % len(base)]
+        control = control_id_of(m)
+        out.append(m.replace(f"|{control}|".encode(), f"|{control}-{i}|".encode(), 1))
+    return out
+
+
+async def send_all(port: int, messages: list[bytes], connections: int) -> tuple[float, int]:
+    async def sender(share: list[bytes]) -> int:
+        ok = 0
+        async with await MllpConnection.open("127.0.0.1", port, timeout=10) as conn:
+            for m in share:
+                code, _, _ = parse_ack(await conn.exchange(m, timeout=30))
+                ok += code == "AA"
+        return ok
+
+    t = time.perf_counter()
+    counts = await asyncio.gather(*(sender(messages[i::connections]) for i in range(connections)))
+    return time.perf_counter() - t, sum(counts)
+
+
+async def fresh_pg_database() -> tuple[str, str]:
+    admin = await asyncpg.connect(PG_ADMIN)
+    name = f"huren_bench_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", name
+
+
+async def drop_pg_database(name: str) -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+def run_backend(
+    data_dir: Path, database_url: str | None, messages: list[bytes], connections: int
+) -> float:
+    http, mllp = free_port(), free_port()
+    env = {
+        **os.environ,
+        "HUREN_MLLP_PORT": str(mllp),
+        "HUREN_DIMSE_PORT": str(free_port()),
+        "HUREN_PROBE_INTERVAL": "3600",
+    }
+    if database_url:
+        env["HUREN_DATABASE_URL"] = database_url
+    gateway = subprocess.Popen(huren_command(data_dir, "serve", "--port", str(http)), env=env)
+    try:
+        wait_ready(http)
+        asyncio.run(send_all(mllp, messages[:50], 1))  # warm up
+        secs, ok = asyncio.run(send_all(mllp, messages[50:], connections))
+        assert ok == len(messages) - 50, (ok, len(messages))
+        return (len(messages) - 50) / secs
+    finally:
+        gateway.terminate()
+        gateway.wait(15)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--messages", type=int, default=6000)
+    ap.add_argument("--connections", type=int, default=8)
+    args = ap.parse_args()
+    n = 1500 if args.quick else args.messages
+    data_dir = Path(tempfile.mkdtemp(prefix="huren-bench-fhir-"))
+    generate(data_dir, patients=60, seed=5)
+    messages = corpus(data_dir, n)
+    print(f"{len(messages)} ORU^R01 messages, {args.connections} MLLP connections, ACK after store")
+    figures: dict[str, float | int] = {"messages": n, "connections": args.connections}
+    rate = run_backend(data_dir / "sqlite", None, messages, args.connections)
+    print(f"  SQLite:     {rate:,.0f} messages/s")
+    figures["hl7_ingest_sqlite_msg_s"] = round(rate)
+    url, name = asyncio.run(fresh_pg_database())
+    try:
+        (data_dir / "pg").mkdir()
+        rate = run_backend(data_dir / "pg", url, messages, args.connections)
+    finally:
+        asyncio.run(drop_pg_database(name))
+    print(f"  PostgreSQL: {rate:,.0f} messages/s")
+    figures["hl7_ingest_postgresql_msg_s"] = round(rate)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

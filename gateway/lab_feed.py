@@ -1,0 +1,152 @@
+"""The HL7 v2 lab feed: facilities' lab systems push ORU^R01 results over MLLP.
+
+Each message is parsed into FHIR Observations and DiagnosticReports, written with its raw text
+to the durable store through the group commit, and only then acknowledged (AA). A message
+sent again (same sending facility and control id) is acknowledged and not stored twice. A
+message that cannot be used is kept, raw, with the reason, and answered AE or AR naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+
+from adapters import mllp
+from adapters.hl7v2 import Hl7Error, OruMessage, build_ack, parse_oru
+from adapters.types import FhirJson, Hl7v2Feed
+
+from .group_commit import GroupCommit
+from .identity import NATIONAL_ID_SYSTEM
+from .registry import Facility, Registry
+from .storage import Hl7Record, LabResult, Store
+
+log = logging.getLogger(__name__)
+
+
+class LabFeed:
+    def __init__(self, registry: Registry, store: Store) -> None:
+        self._senders = {
+            f.lab.sending_facility: f for f in registry if isinstance(f.lab, Hl7v2Feed)
+        }
+        self._commit: GroupCommit[Hl7Record, bool] = GroupCommit(store.record_hl7)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._commit.start()
+        self._server = await mllp.serve(self.handle, host, port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self._commit.stop()
+
+    async def handle(self, message: bytes) -> bytes:
+        """One message in, its ACK out: AA only once what it carries is durable."""
+        now = time.strftime("%Y%m%d%H%M%S")
+        raw = message.decode("utf-8", errors="replace")
+        try:
+            oru = parse_oru(message)
+            facility = self._senders.get(oru.sending_facility)
+            if facility is None:
+                raise Hl7Error(
+                    "AR",
+                    f"MSH-4: unknown sending facility {oru.sending_facility!r}",
+                    control_id=oru.control_id,
+                )
+            record = _record(facility, oru, raw)
+        except Hl7Error as err:
+            await self._keep_rejected(message, raw, err)
+            return build_ack(message, err.code, err.text, now=now)
+        try:
+            new = await self._commit.submit(record)
+        except Exception:
+            log.exception("lab results could not be stored", extra={"facility": facility.id})
+            return build_ack(message, "AE", "not stored: send again", now=now)
+        return build_ack(message, "AA", None if new else "duplicate: already stored", now=now)
+
+    async def _keep_rejected(self, message: bytes, raw: str, err: Hl7Error) -> None:
+        sender = _msh_field(message, 4) or "unknown"
+        facility = self._senders.get(sender)
+        record = Hl7Record(
+            facility_id=facility.id if facility else sender[:64],
+            control_id=err.control_id,
+            status="rejected",
+            raw=raw,
+            error=f"{err.code}: {err.text}",
+        )
+        try:
+            await self._commit.submit(record)
+        except Exception:
+            log.exception("a rejected message could not be kept")
+
+
+def _record(facility: Facility, oru: OruMessage, raw: str) -> Hl7Record:
+    national = next((v for s, v in oru.patient_identifiers if s == NATIONAL_ID_SYSTEM), None)
+    local = next(
+        ((s, v) for s, v in oru.patient_identifiers if s == facility.mrn_system),
+        next(((s, v) for s, v in oru.patient_identifiers if s != NATIONAL_ID_SYSTEM), None),
+    )
+    if local is None and national is None:
+        raise Hl7Error(
+            "AE",
+            "PID-3: no identifier the gateway can file results under",
+            control_id=oru.control_id,
+        )
+    system, value = local or (NATIONAL_ID_SYSTEM, national or "")
+    results = tuple(
+        LabResult(
+            facility_id=facility.id,
+            patient_system=system,
+            patient_value=value,
+            resource_type=r["resourceType"],
+            resource_id=r["id"],
+            resource=r,
+            person_key=national,
+            code=_code(r),
+            effective=_when(r.get("effectiveDateTime")),
+            source_message_id=oru.control_id,
+        )
+        for r in (*oru.reports, *oru.observations)
+    )
+    identities: tuple[tuple[str, str, str, str | None], ...] = ()
+    if national is not None:
+        identities = tuple(
+            (national, s, v, facility.id if s != NATIONAL_ID_SYSTEM else None)
+            for s, v in oru.patient_identifiers
+        )
+    return Hl7Record(
+        facility_id=facility.id,
+        control_id=oru.control_id,
+        status="stored",
+        raw=raw,
+        results=results,
+        identities=identities,
+    )
+
+
+def _code(resource: FhirJson) -> str | None:
+    codings = resource.get("code", {}).get("coding", [])
+    return str(codings[0]["code"]) if codings and "code" in codings[0] else None
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.utcoffset() is not None else None
+
+
+def _msh_field(message: bytes, n: int) -> str | None:
+    """MSH-n of a message too broken to parse, to file it under its sender."""
+    head = message.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not head.startswith(b"MSH") or len(head) < 4:
+        return None
+    fields = head.split(head[3:4])
+    return fields[n - 1].decode("utf-8", "replace") if len(fields) >= n else None
