@@ -464,54 +464,79 @@ class Store:
         HL7 listener); for each, whether it was new (False: a repeat, nothing written).
 
         A message is acknowledged only after this returns, so an ACK means it is durable.
+        A handful of statements per batch, whatever its size: per-message statements cost
+        several milliseconds each and capped ingest far below what the city's feeds send.
         """
         now = datetime.now(UTC)
-        fresh: list[bool] = []
         async with self._engine.begin() as conn:
+            keys: set[tuple[str, str | None, str]] = {
+                (r.facility_id, r.control_id, r.status) for r in records if r.control_id
+            }
+            held = await self._held_messages(conn, keys)
+            fresh: list[bool] = []
+            messages, results, identities = [], [], []
             for rec in records:
-                stmt = (
-                    self._insert(hl7_message)
-                    .values(
-                        facility_id=rec.facility_id,
-                        control_id=rec.control_id,
-                        status=rec.status,
-                        error=rec.error,
-                        raw=rec.raw,
-                        received_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=["facility_id", "control_id", "status"])
-                )
-                new = bool((await conn.execute(stmt)).rowcount) or rec.control_id is None
+                key: tuple[str, str | None, str] = (rec.facility_id, rec.control_id, rec.status)
+                new = rec.control_id is None or key not in held
                 fresh.append(new)
-                if not new or rec.status != "stored":
+                if not new:
                     continue
-                if rec.results:
-                    await conn.execute(
-                        self._insert(lab_result)
-                        .values([_lab_row(r, now) for r in rec.results])
-                        .on_conflict_do_nothing(
-                            index_elements=["facility_id", "resource_type", "resource_id"]
-                        )
-                    )
-                if rec.identities:
-                    await conn.execute(
-                        self._insert(patient_identity)
-                        .values(
-                            [
-                                {
-                                    "person_key": person,
-                                    "system": system,
-                                    "value": value,
-                                    "facility_id": facility,
-                                    "source": f"hl7v2:{rec.facility_id}",
-                                    "learned_at": now,
-                                }
-                                for person, system, value, facility in rec.identities
-                            ]
-                        )
-                        .on_conflict_do_nothing(index_elements=["system", "value"])
-                    )
+                if rec.control_id is not None:
+                    held.add(key)  # a repeat within the same batch is a repeat too
+                messages.append(
+                    {
+                        "facility_id": rec.facility_id,
+                        "control_id": rec.control_id,
+                        "status": rec.status,
+                        "error": rec.error,
+                        "raw": rec.raw,
+                        "received_at": now,
+                    }
+                )
+                if rec.status == "stored":
+                    results += [_lab_row(r, now) for r in rec.results]
+                    identities += [
+                        {
+                            "person_key": person,
+                            "system": system,
+                            "value": value,
+                            "facility_id": facility,
+                            "source": f"hl7v2:{rec.facility_id}",
+                            "learned_at": now,
+                        }
+                        for person, system, value, facility in rec.identities
+                    ]
+            if messages:
+                await conn.execute(self._insert(hl7_message), messages)
+            if results:
+                await conn.execute(
+                    self._insert(lab_result).on_conflict_do_nothing(
+                        index_elements=["facility_id", "resource_type", "resource_id"]
+                    ),
+                    results,
+                )
+            if identities:
+                await conn.execute(
+                    self._insert(patient_identity).on_conflict_do_nothing(
+                        index_elements=["system", "value"]
+                    ),
+                    identities,
+                )
         return fresh
+
+    @staticmethod
+    async def _held_messages(
+        conn: AsyncConnection, keys: set[tuple[str, str | None, str]]
+    ) -> set[tuple[str, str | None, str]]:
+        if not keys:
+            return set()
+        controls = sorted({control for _, control, _ in keys if control})
+        rows = await conn.execute(
+            select(hl7_message.c.facility_id, hl7_message.c.control_id, hl7_message.c.status).where(
+                hl7_message.c.control_id.in_(controls)
+            )
+        )
+        return {(f, c, st) for f, c, st in rows if (f, c, st) in keys}
 
     async def hl7_messages(
         self, *, status: str | None = None, limit: int = 100

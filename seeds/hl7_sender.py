@@ -156,12 +156,22 @@ def _coding(concept: Mapping[str, Any] | None, system: str | None = None) -> Fhi
 
 def _loinc(concept: Mapping[str, Any] | None, what: str) -> tuple[str, str]:
     """(code, display) of the LOINC coding of `concept`."""
+    code, display, _ = _coded(concept, what, local=False)
+    return code, display
+
+
+def _coded(concept: Mapping[str, Any] | None, what: str, *, local: bool) -> tuple[str, str, str]:
+    """(code, display, HL7 coding system): LOINC ("LN") when there is one, else, where a
+    local code is allowed (order panels without a LOINC code), the first coding as "L"."""
     coding = _coding(concept, LOINC_SYSTEM)
+    system = "LN"
+    if not coding.get("code") and local:
+        coding, system = _coding(concept), "L"
     code = coding.get("code")
     if not code:
         raise ValueError(f"{what} has no LOINC coding (got {concept!r})")
     display = coding.get("display") or (concept or {}).get("text") or ""
-    return str(code), str(display)
+    return str(code), str(display), system
 
 
 def _status(resource: Mapping[str, Any]) -> str:
@@ -340,7 +350,9 @@ def build_oru(
         raise ValueError(
             f"DiagnosticReport/{report.get('id')} is about {subject}, not Patient/{patient['id']}"
         )
-    panel_code, panel_name = _loinc(report.get("code"), f"DiagnosticReport/{report.get('id')}")
+    panel_code, panel_name, panel_system = _coded(
+        report.get("code"), f"DiagnosticReport/{report.get('id')}", local=True
+    )
     effective = hl7_datetime(report["effectiveDateTime"]) if "effectiveDateTime" in report else ""
     issued = hl7_datetime(report["issued"]) if "issued" in report else ""
     filler = f"{escape(str(report.get('id', '')))}^{escape(sending_facility)}"
@@ -373,7 +385,7 @@ def build_oru(
             "1",
             "",
             filler,
-            f"{escape(panel_code)}^{escape(panel_name)}^LN",
+            f"{escape(panel_code)}^{escape(panel_name)}^{panel_system}",
             "",
             "",
             effective,

@@ -225,3 +225,24 @@ def _post(url: str) -> dict[str, int]:
 
 
 _ = NATIONAL_ID_SYSTEM
+
+
+def test_every_facility_feed_builds_and_parses(city: City) -> None:
+    """Every HL7 v2 facility's seed results become ORU^R01 that parse back, local panel codes
+    (panels without a LOINC code) included."""
+    from adapters.hl7v2 import parse_oru
+
+    count = 0
+    for f in REGISTRY:
+        path = city.data_dir / "seed" / "fhir" / f"{f.id}.ndjson"
+        if not (isinstance(f.lab, Hl7v2Feed) and path.exists()):
+            continue
+        for message in messages_for_facility(
+            path,
+            sending_application=f.lab.sending_application,
+            sending_facility=f.lab.sending_facility,
+        ):
+            oru = parse_oru(message)
+            assert oru.sending_facility == f.lab.sending_facility and oru.reports
+            count += 1
+    assert count > 0
