@@ -92,13 +92,16 @@ Huren is up ({seconds:.1f} s). The city's 111 facilities are simulated on loopba
 
   readiness          {base}/readyz
   health, metrics    {base}/healthz   {base}/metrics
-  DICOMweb (QIDO)    {base}/dicomweb/studies
+  DICOMweb           {base}/dicomweb/studies
   one facility       {base}/facilities/F001/dicomweb/studies
   DIMSE SCP          AE {settings.ae_title} on {settings.host}:{settings.dimse_port}
+  HL7 v2 (MLLP)      {settings.host}:{settings.mllp_port}
   data dir           {settings.data_dir}
 
 Try:  curl -s {base}/readyz | python3 -m json.tool | head
       curl -s '{base}/dicomweb/studies?ModalitiesInStudy=CT&limit=5'
+      findscu -S -aec {settings.ae_title} -k QueryRetrieveLevel=STUDY -k StudyInstanceUID \
+              {settings.host} {settings.dimse_port}
 
 Ctrl-C stops everything.""",
         flush=True,
