@@ -6,6 +6,8 @@ COPY adapters adapters
 COPY dicom dicom
 COPY fhirapi fhirapi
 COPY seeds seeds
-RUN pip install --no-cache-dir -c constraints.txt .
+COPY fhir fhir
+# Editable, so fhir/ (conformance resources, no Python) is read from beside the code.
+RUN pip install --no-cache-dir -c constraints.txt -e .
 ENV HUREN_DATA_DIR=/data
 ENTRYPOINT ["huren"]

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import dicom.routes
+import fhirapi.routes
 from dicom.scp import GatewayScp
 
 from .config import Settings
@@ -39,6 +40,7 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     dicom.routes.setup(app)
+    fhirapi.routes.setup(app)
     return app
 
 

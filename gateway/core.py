@@ -17,6 +17,7 @@ from .cache import Cache, open_cache
 from .config import Settings
 from .federation import Federation, FederationPolicy
 from .imaging import ImagingService
+from .lab import LabService
 from .readiness import Prober
 from .registry import Registry, load_registry
 from .storage import Store, database_url_for
@@ -35,6 +36,7 @@ class Core:
     federation: Federation
     upstreams: Upstreams
     imaging: ImagingService
+    lab: LabService
     prober: Prober
     executor: ThreadPoolExecutor
 
@@ -79,6 +81,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         federation=federation,
         upstreams=upstreams,
         imaging=ImagingService(registry, federation, upstreams, store, cache),
+        lab=LabService(registry, federation, upstreams, store),
         prober=prober,
         executor=executor,
     )

@@ -1,0 +1,36 @@
+"""OperationOutcome responses: the FHIR face's one way of saying no (FHIR R4 3.1.0.4)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+FHIR_JSON = "application/fhir+json"
+
+
+def outcome(severity: str, code: str, text: str) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}],
+    }
+
+
+def fhir_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        content_type=FHIR_JSON,
+    )
+
+
+class FhirError(web.HTTPException):
+    """An HTTP error whose body is an OperationOutcome."""
+
+    def __init__(self, status: int, code: str, text: str) -> None:
+        self.status_code = status
+        super().__init__(
+            text=json.dumps(outcome("error", code, text), ensure_ascii=False),
+            content_type=FHIR_JSON,
+        )

@@ -1,0 +1,190 @@
+"""The FHIR face's lab search with fhirpy: one query, every facility that knows the patient
+(FHIR lab systems in their own MRNs, and results the gateway holds from HL7 v2 feeds)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+from fhirpy import AsyncFHIRClient
+
+from adapters.types import FhirEndpoint, Hl7v2Feed
+from gateway.app import build_app
+from gateway.config import Settings
+from gateway.core import open_core
+from gateway.identity import NATIONAL_ID_SYSTEM
+from gateway.registry import load_registry
+from gateway.seed_import import import_seed
+from tests.city import City, free_port
+
+REGISTRY = load_registry()
+
+
+class Gateway:
+    def __init__(self, client: TestClient, mllp: int) -> None:  # type: ignore[type-arg]
+        self.client, self.mllp = client, mllp
+
+
+@pytest.fixture
+async def gateway(city: City) -> AsyncIterator[Gateway]:
+    mllp = free_port()
+    settings = Settings(
+        data_dir=city.data_dir,
+        federation_deadline=2.0,
+        breaker_reset=60,
+        dimse_port=free_port(),
+        mllp_port=mllp,
+    )
+    async with open_core(settings, probe=False) as core:
+        await import_seed(core.store, core.archive, core.registry, city.data_dir)
+    async with TestClient(TestServer(build_app(settings, probe=False))) as c:
+        yield Gateway(c, mllp)
+    city.reset()
+
+
+def _person_with_fhir_results(city: City) -> tuple[str, set[str]]:
+    """A resident with lab results at two or more FHIR lab facilities: (national id, facilities)."""
+    best: tuple[str, set[str]] = ("", set())
+    for p in city.patients():
+        with_labs = set()
+        for fid in p["records"]:  # type: ignore[union-attr]
+            f = next(f for f in REGISTRY if f.id == fid)
+            path = city.data_dir / "seed" / "fhir" / f"{fid}.ndjson"
+            if (
+                isinstance(f.lab, FhirEndpoint)
+                and path.exists()
+                and '"Observation"' in path.read_text()
+            ):
+                with_labs.add(fid)
+        if len(with_labs) > len(best[1]):
+            best = (str(p["national_id"]), with_labs)
+    return best
+
+
+async def test_metadata_is_a_valid_capability_statement(gateway: Gateway) -> None:
+    """/fhir/metadata parses as an R4 CapabilityStatement naming the searchable resources."""
+    resp = await gateway.client.get("/fhir/metadata")
+    assert resp.content_type == "application/fhir+json"
+    cs = CapabilityStatement.model_validate(await resp.json())
+    assert {r.type for r in cs.rest[0].resource} == {"Observation", "DiagnosticReport"}
+
+
+async def test_fhirpy_finds_a_patients_results_at_every_facility(
+    gateway: Gateway, city: City
+) -> None:
+    """Search by national ID returns the results of every FHIR lab facility that knows the
+    person, each asked under its own MRN; every resource is valid R4."""
+    nid, facilities = _person_with_fhir_results(city)
+    assert facilities
+    client = AsyncFHIRClient(str(gateway.client.make_url("/fhir")))
+    search = client.resources("Observation").search(
+        **{"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+    )
+    resources = await search.limit(500).fetch()
+    observations = [r.serialize() for r in resources if r["resourceType"] == "Observation"]
+    assert observations
+    for resource in observations:
+        Observation.model_validate(resource)
+    # Every facility that holds results for the person contributed.
+    raw = await (
+        await gateway.client.get(
+            "/fhir/Observation",
+            params={"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}", "_count": "500"},
+        )
+    ).json()
+    ids = {e["resource"]["id"] for e in raw["entry"] if e["search"]["mode"] == "match"}
+    prefixes = {i.split("-")[0] for i in ids}
+    assert facilities <= prefixes, (facilities, prefixes)
+    reports = await (
+        await gateway.client.get(
+            "/fhir/DiagnosticReport", params={"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+        )
+    ).json()
+    for e in reports["entry"]:
+        DiagnosticReport.model_validate(e["resource"])
+
+
+async def test_a_failing_facility_is_an_outcome_entry(gateway: Gateway, city: City) -> None:
+    """A lab system that is down adds an OperationOutcome entry naming it; the rest answer."""
+    nid, facilities = _person_with_fhir_results(city)
+    down = sorted(facilities)[0]
+    city.fault(down, "down")
+    raw = await (
+        await gateway.client.get(
+            "/fhir/Observation", params={"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+        )
+    ).json()
+    Bundle.model_validate(raw)
+    outcomes = [e["resource"] for e in raw["entry"] if e["search"]["mode"] == "outcome"]
+    assert any(down in o["issue"][0]["diagnostics"] for o in outcomes)
+    assert all(
+        not e["resource"]["id"].startswith(down)
+        for e in raw["entry"]
+        if e["search"]["mode"] == "match"
+    )
+
+
+async def test_hl7_fed_results_come_back_through_fhir(gateway: Gateway, city: City) -> None:
+    """Results that arrived over the HL7 v2 feed are searchable in the same FHIR query."""
+    from adapters.mllp import MllpConnection
+    from seeds.hl7_sender import messages_for_facility, parse_ack
+
+    for f in REGISTRY:
+        path = city.data_dir / "seed" / "fhir" / f"{f.id}.ndjson"
+        if isinstance(f.lab, Hl7v2Feed) and path.exists():
+            messages = messages_for_facility(
+                path,
+                sending_application=f.lab.sending_application,
+                sending_facility=f.lab.sending_facility,
+            )
+            if messages:
+                break
+    else:
+        pytest.skip("no HL7 v2 results in the seed")
+    async with await MllpConnection.open("127.0.0.1", gateway.mllp, timeout=10) as conn:
+        assert parse_ack(await conn.exchange(messages[0], timeout=10))[0] == "AA"
+    patients = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    patient = next(r for r in patients if r["resourceType"] == "Patient")
+    nid = next(i["value"] for i in patient["identifier"] if i["system"] == NATIONAL_ID_SYSTEM)
+    raw = await (
+        await gateway.client.get(
+            "/fhir/Observation", params={"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+        )
+    ).json()
+    assert any(e["search"]["mode"] == "match" for e in raw["entry"])
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "code"),
+    [
+        ("/fhir/Observation", {"patient.identifier": "x|1", "colour": "red"}, 400, "not-supported"),
+        ("/fhir/Observation", {}, 400, "required"),
+        ("/fhir/Observation", {"patient.identifier": "x|1", "date": "yesterday"}, 400, "value"),
+        ("/fhir/Observation", {"patient.identifier": "x|1", "_count": "0"}, 400, "value"),
+        ("/fhir/Observation", {"patient.identifier": "x|"}, 400, "value"),
+        ("/fhir/Appointment", {}, 404, "not-supported"),
+    ],
+)
+async def test_bad_searches_get_an_operation_outcome(
+    gateway: Gateway, path: str, params: dict[str, str], status: int, code: str
+) -> None:
+    """Unknown parameters (strict handling), missing or bad values, unsupported resources."""
+    resp = await gateway.client.get(path, params=params)
+    assert resp.status == status
+    body = await resp.json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == code
+
+
+async def test_lenient_handling_ignores_unknown_parameters(gateway: Gateway) -> None:
+    """handling=lenient: an unknown parameter is ignored, not refused."""
+    resp = await gateway.client.get(
+        "/fhir/Observation",
+        params={"patient.identifier": "x|1", "colour": "red", "handling": "lenient"},
+    )
+    assert resp.status == 200
