@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import search
+from . import directory, search
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/fhir/metadata", search.metadata)
-    app.router.add_get("/fhir/{type}", search.search)
+    r = app.router
+    r.add_get("/fhir/metadata", search.metadata)
+    r.add_get("/fhir/Patient/$ihe-pix", directory.ihe_pix)
+    r.add_get("/fhir/Patient", directory.search_patients)
+    r.add_get("/fhir/Organization", directory.search_organizations)
+    r.add_get("/fhir/Organization/{id}", directory.read_organization)
+    r.add_get("/fhir/Endpoint/{id}", directory.read_endpoint)
+    r.add_get("/fhir/{type}", search.search)

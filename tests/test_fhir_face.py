@@ -72,7 +72,13 @@ async def test_metadata_is_a_valid_capability_statement(gateway: Gateway) -> Non
     resp = await gateway.client.get("/fhir/metadata")
     assert resp.content_type == "application/fhir+json"
     cs = CapabilityStatement.model_validate(await resp.json())
-    assert {r.type for r in cs.rest[0].resource} == {"Observation", "DiagnosticReport"}
+    assert {r.type for r in cs.rest[0].resource} == {
+        "Observation",
+        "DiagnosticReport",
+        "Patient",
+        "Organization",
+        "Endpoint",
+    }
 
 
 async def test_fhirpy_finds_a_patients_results_at_every_facility(
@@ -188,3 +194,74 @@ async def test_lenient_handling_ignores_unknown_parameters(gateway: Gateway) -> 
         params={"patient.identifier": "x|1", "colour": "red", "handling": "lenient"},
     )
     assert resp.status == 200
+
+
+async def test_ihe_pix_lists_a_residents_identifiers_at_every_facility(
+    gateway: Gateway, city: City
+) -> None:
+    """$ihe-pix from the national ID gives each facility's MRN; from an MRN, the national ID
+    and the others; targetSystem narrows it; an unknown identifier is 404."""
+    from fhir.resources.R4B.parameters import Parameters
+
+    person = max(city.patients(), key=lambda p: len(p["records"]))  # type: ignore[arg-type]
+    nid = str(person["national_id"])
+    resp = await gateway.client.get(
+        "/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+    )
+    params = Parameters.model_validate(await resp.json())
+    got = {
+        (p.valueIdentifier.system, p.valueIdentifier.value)
+        for p in params.parameter or []
+        if p.name == "targetIdentifier"
+    }
+    want = {(f"urn:huren:mrn:{fid}", mrn) for fid, mrn in person["records"].items()}  # type: ignore[union-attr]
+    assert want <= got and len(want) >= 2
+    fid, mrn = next(iter(person["records"].items()))  # type: ignore[union-attr]
+    resp = await gateway.client.get(
+        "/fhir/Patient/$ihe-pix",
+        params={
+            "sourceIdentifier": f"urn:huren:mrn:{fid}|{mrn}",
+            "targetSystem": NATIONAL_ID_SYSTEM,
+        },
+    )
+    body = await resp.json()
+    assert [
+        p["valueIdentifier"]["value"] for p in body["parameter"] if p["name"] == "targetIdentifier"
+    ] == [nid]
+    unknown = await gateway.client.get(
+        "/fhir/Patient/$ihe-pix", params={"sourceIdentifier": "urn:huren:mrn:F001|nobody"}
+    )
+    assert unknown.status == 404 and (await unknown.json())["resourceType"] == "OperationOutcome"
+
+
+async def test_patient_organization_and_endpoint_resources_are_valid(
+    gateway: Gateway, city: City
+) -> None:
+    """Patient by identifier, Organization read and search, Endpoint read: valid R4, and the
+    national ID number never appears in a resource id."""
+    from fhir.resources.R4B.endpoint import Endpoint
+    from fhir.resources.R4B.organization import Organization
+    from fhir.resources.R4B.patient import Patient
+
+    nid = str(city.patients()[0]["national_id"])
+    bundle = await (
+        await gateway.client.get(
+            "/fhir/Patient", params={"identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+        )
+    ).json()
+    patient = Patient.model_validate(bundle["entry"][0]["resource"])
+    assert nid not in (patient.id or "")
+    org = Organization.model_validate(
+        await (await gateway.client.get("/fhir/Organization/F001")).json()
+    )
+    assert org.name == "常州市第一人民医院"
+    found = await (
+        await gateway.client.get("/fhir/Organization", params={"name": "第一人民"})
+    ).json()
+    assert {e["resource"]["id"] for e in found["entry"]} >= {"F001"}
+    ep = Endpoint.model_validate(
+        await (await gateway.client.get("/fhir/Endpoint/F001-wado")).json()
+    )
+    assert ep.address.endswith("/facilities/F001/dicomweb")
+    assert (await gateway.client.get("/fhir/Organization/F999")).status == 404
+    assert (await gateway.client.get("/fhir/Patient")).status == 400
