@@ -17,9 +17,21 @@ from gateway.web import CORE
 from .outcome import FhirError, fhir_response, outcome
 
 SEARCHABLE = ("Observation", "DiagnosticReport")
-PARAMS = {"patient.identifier", "subject.identifier", "code", "date", "_count"}
+PARAMS = {
+    "patient.identifier",
+    "subject.identifier",
+    "code",
+    "date",
+    "_count",
+    "_sort",
+    "_summary",
+}
+#: Results gathered from the facilities for one search; pages are served from this set.
+MAX_RESULTS = 1000
+#: Seconds a search's result set stays pageable (its `next` links stay stable that long).
+PAGE_TTL = 600.0
 # Result parameters a client may send that change nothing here (we always answer JSON).
-IGNORED = {"_format", "_pretty", "handling"}
+IGNORED = {"_format", "_pretty", "handling", "_getpages", "_offset"}
 MAX_COUNT = 500
 _DATE = re.compile(r"^(eq|ge|le|gt|lt)?(\d{4}(-\d{2}(-\d{2}(T[\d:.]+(Z|[+-]\d{2}:\d{2})?)?)?)?)$")
 
@@ -39,12 +51,73 @@ async def search(request: web.Request) -> web.Response:
     rtype = request.match_info["type"]
     if rtype not in SEARCHABLE:
         raise FhirError(404, "not-supported", f"resource type {rtype} is not served here")
-    query = _parse(request)
+    if "_getpages" in request.query:
+        return await _page(request, rtype)
+    query, page_size = _parse(request)
     result = await request.app[CORE].lab.search(query)
-    return fhir_response(_bundle(request, rtype, result))
+    if request.query.get("_sort") == "date":
+        result.items.reverse()  # the service answers newest first
+    entries = _entries(request, rtype, result)
+    total = len(result.items)
+    if request.query.get("_summary") == "count":
+        return fhir_response(_searchset(request, total, [], None))
+    key = uuid.uuid4().hex
+    await request.app[CORE].cache.set(
+        f"fhir-page:{key}", json.dumps({"total": total, "entries": entries}).encode(), ttl=PAGE_TTL
+    )
+    return fhir_response(_paged(request, rtype, key, total, entries, 0, page_size))
 
 
-def _parse(request: web.Request) -> LabQuery:
+async def _page(request: web.Request, rtype: str) -> web.Response:
+    """A later page of a search, from the result set kept when it ran (not recomputed)."""
+    key = request.query["_getpages"]
+    try:
+        offset = int(request.query.get("_offset", "0"))
+        size = int(request.query.get("_count", "100"))
+    except ValueError:
+        raise FhirError(400, "value", "_offset and _count must be numbers") from None
+    raw = await request.app[CORE].cache.get(f"fhir-page:{key}") if key.isalnum() else None
+    if raw is None:
+        raise FhirError(410, "not-found", "this search has expired: run it again")
+    kept = json.loads(raw)
+    return fhir_response(_paged(request, rtype, key, kept["total"], kept["entries"], offset, size))
+
+
+def _paged(
+    request: web.Request,
+    rtype: str,
+    key: str,
+    total: int,
+    entries: list[dict[str, Any]],
+    offset: int,
+    size: int,
+) -> dict[str, Any]:
+    matches = [e for e in entries if e["search"]["mode"] == "match"]
+    outcomes = [e for e in entries if e["search"]["mode"] == "outcome"]
+    page = matches[offset : offset + size] + (outcomes if offset == 0 else [])
+    base = f"{request.scheme}://{request.host}/fhir/{rtype}"
+    nxt = None
+    if offset + size < len(matches):
+        nxt = f"{base}?_getpages={key}&_offset={offset + size}&_count={size}"
+    return _searchset(request, total, page, nxt)
+
+
+def _searchset(
+    request: web.Request, total: int, entries: list[dict[str, Any]], nxt: str | None
+) -> dict[str, Any]:
+    links = [{"relation": "self", "url": str(request.url)}]
+    if nxt:
+        links.append({"relation": "next", "url": nxt})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    }
+
+
+def _parse(request: web.Request) -> tuple[LabQuery, int]:
     params = request.query
     strict = params.get("handling", "strict") != "lenient"
     unknown = sorted(set(params) - PARAMS - IGNORED)
@@ -70,27 +143,33 @@ def _parse(request: web.Request) -> LabQuery:
         raise FhirError(400, "value", "_count must be a number") from None
     if not 0 < count <= MAX_COUNT:
         raise FhirError(400, "value", f"_count must be 1..{MAX_COUNT}")
-    return LabQuery(
+    if params.get("_sort", "-date") not in ("date", "-date"):
+        raise FhirError(400, "not-supported", "_sort takes date or -date")
+    if params.get("_summary", "false") not in ("count", "false"):
+        raise FhirError(400, "not-supported", "_summary takes count or false")
+    query = LabQuery(
         resource_type=request.match_info["type"],
         patient_system=system or None,
         patient_value=value,
         code=params.get("code"),
         date=date,
-        count=count,
+        count=MAX_RESULTS,
     )
+    return query, count
 
 
-def _bundle(request: web.Request, rtype: str, result: FederatedResult[Any]) -> dict[str, Any]:
+def _entries(
+    request: web.Request, rtype: str, result: FederatedResult[Any]
+) -> list[dict[str, Any]]:
     base = f"{request.scheme}://{request.host}/fhir"
-    entries: list[dict[str, Any]] = []
-    for _, resource in result.items:
-        entries.append(
-            {
-                "fullUrl": f"{base}/{rtype}/{resource.get('id')}",
-                "resource": resource,
-                "search": {"mode": "match"},
-            }
-        )
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": f"{base}/{rtype}/{resource.get('id')}",
+            "resource": resource,
+            "search": {"mode": "match"},
+        }
+        for _, resource in result.items
+    ]
     for failed in result.failures:
         text = f"facility {failed.facility_id} did not answer ({failed.status.value})"
         if failed.detail:
@@ -102,10 +181,4 @@ def _bundle(request: web.Request, rtype: str, result: FederatedResult[Any]) -> d
                 "search": {"mode": "outcome"},
             }
         )
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(result.items),
-        "link": [{"relation": "self", "url": str(request.url)}],
-        "entry": entries,
-    }
+    return entries

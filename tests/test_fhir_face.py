@@ -265,3 +265,46 @@ async def test_patient_organization_and_endpoint_resources_are_valid(
     assert ep.address.endswith("/facilities/F001/dicomweb")
     assert (await gateway.client.get("/fhir/Organization/F999")).status == 404
     assert (await gateway.client.get("/fhir/Patient")).status == 400
+
+
+async def test_paging_follows_stable_next_links(gateway: Gateway, city: City) -> None:
+    """Pages of 3 through `next` links give the same results as one big page; a page fetched
+    twice is the same page (the search is not recomputed); _summary=count and _sort work."""
+    nid, _ = _person_with_fhir_results(city)
+    ident = {"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
+    whole = await (
+        await gateway.client.get("/fhir/Observation", params={**ident, "_count": "500"})
+    ).json()
+    want = [e["resource"]["id"] for e in whole["entry"] if e["search"]["mode"] == "match"]
+    assert len(want) > 3
+    client = AsyncFHIRClient(str(gateway.client.make_url("/fhir")))
+    paged = await client.resources("Observation").search(**ident).limit(3).fetch_all()
+    assert sorted(r["id"] for r in paged) == sorted(want)
+    first = await (
+        await gateway.client.get("/fhir/Observation", params={**ident, "_count": "3"})
+    ).json()
+    nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    path = nxt.split("/fhir/", 1)[1]
+    a = await (await gateway.client.get(f"/fhir/{path}")).json()
+    b = await (await gateway.client.get(f"/fhir/{path}")).json()
+    assert [e["resource"]["id"] for e in a["entry"]] == [e["resource"]["id"] for e in b["entry"]]
+    assert a["total"] == len(want)
+    gone = await gateway.client.get(
+        "/fhir/Observation", params={"_getpages": "deadbeef", "_offset": "3"}
+    )
+    assert gone.status == 410
+    count = await (
+        await gateway.client.get("/fhir/Observation", params={**ident, "_summary": "count"})
+    ).json()
+    assert count["total"] == len(want) and not count["entry"]
+    oldest_first = await (
+        await gateway.client.get(
+            "/fhir/Observation", params={**ident, "_sort": "date", "_count": "500"}
+        )
+    ).json()
+    dates = [
+        e["resource"].get("effectiveDateTime", "")
+        for e in oldest_first["entry"]
+        if e["search"]["mode"] == "match"
+    ]
+    assert dates == sorted(dates)
