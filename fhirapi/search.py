@@ -11,12 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.federation import FederatedResult
+from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab import LabQuery
 from gateway.web import CORE
 
+from . import imaging_study
 from .outcome import FhirError, fhir_response, outcome
 
-SEARCHABLE = ("Observation", "DiagnosticReport")
+SEARCHABLE = ("Observation", "DiagnosticReport", "ImagingStudy")
 PARAMS = {
     "patient.identifier",
     "subject.identifier",
@@ -54,7 +56,11 @@ async def search(request: web.Request) -> web.Response:
     if "_getpages" in request.query:
         return await _page(request, rtype)
     query, page_size = _parse(request)
-    result = await request.app[CORE].lab.search(query)
+    core = request.app[CORE]
+    if rtype == "ImagingStudy":
+        result = imaging_study.studies(await _studies(request, query), core.registry)
+    else:
+        result = await core.lab.search(query)
     if request.query.get("_sort") == "date":
         result.items.reverse()  # the service answers newest first
     entries = _entries(request, rtype, result)
@@ -115,6 +121,28 @@ def _searchset(
         "link": links,
         "entry": entries,
     }
+
+
+async def _studies(request: web.Request, query: LabQuery) -> FederatedResult[Any]:
+    """The patient's studies at every facility, through the DICOM side's federation."""
+    match = {"PatientID": query.patient_value}
+    if query.patient_system not in (None, NATIONAL_ID_SYSTEM):
+        facility = next(
+            (f for f in request.app[CORE].registry if f.mrn_system == query.patient_system), None
+        )
+        if facility is None:
+            raise FhirError(400, "value", f"unknown identifier system {query.patient_system}")
+        match["IssuerOfPatientID"] = facility.mrn_issuer
+    if query.date is not None:
+        prefix, value = query.date
+        day = value[:10].replace("-", "")
+        match["StudyDate"] = {
+            "ge": f"{day}-",
+            "gt": f"{day}-",
+            "le": f"-{day}",
+            "lt": f"-{day}",
+        }.get(prefix, day)
+    return await request.app[CORE].imaging.search_studies(match, limit=MAX_RESULTS)
 
 
 def _parse(request: web.Request) -> tuple[LabQuery, int]:

@@ -308,3 +308,37 @@ async def test_paging_follows_stable_next_links(gateway: Gateway, city: City) ->
         if e["search"]["mode"] == "match"
     ]
     assert dates == sorted(dates)
+
+
+async def test_imaging_study_search_maps_the_dicom_side(gateway: Gateway, city: City) -> None:
+    """ImagingStudy by national ID: one valid resource per study the DICOM side finds, each
+    with its facility's MRN and an Endpoint that resolves to that facility's WADO-RS."""
+    from fhir.resources.R4B.imagingstudy import ImagingStudy
+
+    person = max(city.patients(), key=lambda p: len(p["records"]))  # type: ignore[arg-type]
+    nid = str(person["national_id"])
+    qido = await (await gateway.client.get("/dicomweb/studies", params={"PatientID": nid})).json()
+    bundle = await (
+        await gateway.client.get(
+            "/fhir/ImagingStudy",
+            params={"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}", "_count": "500"},
+        )
+    ).json()
+    studies = [
+        ImagingStudy.model_validate(e["resource"])
+        for e in bundle["entry"]
+        if e["search"]["mode"] == "match"
+    ]
+    assert len(studies) == len(qido) > 0
+    uids = {s["0020000D"]["Value"][0] for s in qido}
+    assert {
+        i.value.removeprefix("urn:oid:")
+        for s in studies
+        for i in s.identifier
+        if i.system == "urn:dicom:uid"
+    } == uids
+    for s in studies:
+        fid = s.endpoint[0].reference.removeprefix("Endpoint/").removesuffix("-wado")
+        assert s.subject.identifier.value == person["records"][fid]  # type: ignore[index]
+        ep = await (await gateway.client.get(f"/fhir/{s.endpoint[0].reference}")).json()
+        assert ep["address"].endswith(f"/facilities/{fid}/dicomweb")
