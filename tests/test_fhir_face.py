@@ -75,6 +75,7 @@ async def test_metadata_is_a_valid_capability_statement(gateway: Gateway) -> Non
     assert {r.type for r in cs.rest[0].resource} == {
         "Observation",
         "DiagnosticReport",
+        "ImagingStudy",
         "Patient",
         "Organization",
         "Endpoint",
