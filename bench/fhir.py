@@ -1,7 +1,9 @@
 """The lab side: HL7 v2 ORU^R01 ingest through the gateway's MLLP listener, acknowledged only
 after the results are durable, on SQLite and on PostgreSQL (group commit, several senders).
 
-(The FHIR face's search figures join this script when the FHIR face lands.)
+And the FHIR face: Observation search for one patient across the city (every facility that
+knows the patient asked in its own MRN, plus the gateway's own index), through HTTP, with the
+simulated city answering after 20 ms.
 
     python bench/fhir.py            # 6,000 messages per backend over 8 connections
     python bench/fhir.py --quick    # 1,500
@@ -22,17 +24,18 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.mllp import MllpConnection
 from adapters.types import Hl7v2Feed
-from bench.common import wait_ready
+from bench.common import percentile, wait_ready
 from gateway.registry import load_registry
 from seeds.generator import generate
 from seeds.hl7_sender import control_id_of, messages_for_facility, parse_ack
-from tests.city import free_port, huren_command
+from tests.city import free_port, huren_command, start_simulator, stop_process
 
 PG_ADMIN = os.environ.get("HUREN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -108,6 +111,40 @@ def run_backend(
         gateway.wait(15)
 
 
+def observation_search(data_dir: Path, queries: int) -> tuple[float, float, int]:
+    """p50, p99 (ms) of Observation searches by national ID, and the facilities asked."""
+    sim, _ = start_simulator(data_dir, latency_ms=20.0)
+    http = free_port()
+    env = {**os.environ, "HUREN_MLLP_PORT": str(free_port()), "HUREN_DIMSE_PORT": str(free_port())}
+    gateway = subprocess.Popen(huren_command(data_dir, "serve", "--port", str(http)), env=env)
+    try:
+        wait_ready(http)
+        patients = json.loads((data_dir / "seed" / "patients.json").read_text(encoding="utf-8"))
+        people = sorted(patients, key=lambda p: -len(p["records"]))[:20]
+        url = f"http://127.0.0.1:{http}/fhir/Observation"
+        latencies: list[float] = []
+
+        async def run() -> None:
+            async with aiohttp.ClientSession() as session:
+                for i in range(queries + 10):
+                    nid = people[i % len(people)]["national_id"]
+                    t = time.perf_counter()
+                    params = {"patient.identifier": f"urn:oid:2.16.156.10011.1.5|{nid}"}
+                    async with session.get(url, params=params) as resp:
+                        assert resp.status == 200
+                        await resp.read()
+                    if i >= 10:
+                        latencies.append((time.perf_counter() - t) * 1000)
+
+        asyncio.run(run())
+        asked = max(len(p["records"]) for p in people)
+        return percentile(latencies, 50), percentile(latencies, 99), asked
+    finally:
+        gateway.terminate()
+        gateway.wait(15)
+        stop_process(sim)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,6 +170,15 @@ def main() -> None:
         asyncio.run(drop_pg_database(name))
     print(f"  PostgreSQL: {rate:,.0f} messages/s")
     figures["hl7_ingest_postgresql_msg_s"] = round(rate)
+    p50, p99, asked = observation_search(data_dir, 30 if args.quick else 100)
+    print(
+        f"  FHIR Observation search, one patient (up to {asked} facilities + the index):"
+        f" p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
+    figures |= {
+        "observation_search_p50_ms": round(p50, 1),
+        "observation_search_p99_ms": round(p99, 1),
+    }
     print(json.dumps(figures))
 
 
