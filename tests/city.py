@@ -3,6 +3,7 @@ process on the registry's loopback ports, faults set through its control API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -11,12 +12,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.config import Settings
 from seeds.generator import generate
 
 CITY_PATIENTS = 12
@@ -127,3 +131,31 @@ def city(seeded_dir: Path) -> Iterator[City]:
         yield City(seeded_dir, f"http://127.0.0.1:{control}", proc)
     finally:
         stop_process(proc)
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(
+    city: City, *, probe: bool = False, **overrides: Any
+) -> AsyncIterator[tuple[TestClient, Settings]]:  # type: ignore[type-arg]
+    """The gateway app on a real socket, on the city's data (seed imported), with its DIMSE
+    and MLLP listeners on free ports; faults are reset afterwards."""
+    from gateway.app import build_app
+    from gateway.core import open_core
+    from gateway.seed_import import import_seed
+
+    values: dict[str, Any] = {
+        "data_dir": city.data_dir,
+        "federation_deadline": 2.0,
+        "breaker_reset": 60,
+        "dimse_port": free_port(),
+        "mllp_port": free_port(),
+        **overrides,
+    }
+    settings = Settings(**values)
+    async with open_core(settings, probe=False) as core:
+        await import_seed(core.store, core.archive, core.registry, city.data_dir)
+    try:
+        async with TestClient(TestServer(build_app(settings, probe=probe))) as client:
+            yield client, settings
+    finally:
+        city.reset()

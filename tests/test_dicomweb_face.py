@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
-from gateway.app import build_app
-from gateway.config import Settings
-from gateway.core import open_core
 from gateway.registry import load_registry
-from gateway.seed_import import import_seed
-from tests.city import City, free_port
+from tests.city import City, open_gateway
 
 REGISTRY = load_registry()
 KINDS = {"dicomweb": DicomWebEndpoint, "dimse": DimseEndpoint, "archive": NoImaging}
@@ -26,18 +22,8 @@ KINDS = {"dicomweb": DicomWebEndpoint, "dimse": DimseEndpoint, "archive": NoImag
 
 @pytest.fixture
 async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    settings = Settings(
-        data_dir=city.data_dir,
-        federation_deadline=2.0,
-        breaker_reset=60,
-        dimse_port=free_port(),
-        mllp_port=free_port(),
-    )
-    async with open_core(settings, probe=False) as core:
-        await import_seed(core.store, core.archive, core.registry, city.data_dir)
-    async with TestClient(TestServer(build_app(settings, probe=False))) as c:
+    async with open_gateway(city) as (c, _):
         yield c
-    city.reset()
 
 
 def _study_of_kind(city: City, kind: str) -> tuple[str, Path]:

@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from pydicom.uid import generate_uid
 
 from adapters.dul import Association
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
-from gateway.app import build_app
-from gateway.config import Settings
-from gateway.core import open_core
 from gateway.registry import load_registry
-from gateway.seed_import import import_seed
-from tests.city import City, free_port
+from tests.city import City, free_port, open_gateway
 
 pytestmark = pytest.mark.skipif(shutil.which("findscu") is None, reason="dcmtk is not installed")
 REGISTRY = load_registry()
@@ -53,20 +49,10 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(city: City) -> AsyncIterator[Gateway]:
-    port, mover = free_port(), free_port()
-    settings = Settings(
-        data_dir=city.data_dir,
-        federation_deadline=2.0,
-        breaker_reset=60,
-        dimse_port=port,
-        mllp_port=free_port(),
-        move_destinations=f"STORESCP=127.0.0.1:{mover}",
-    )
-    async with open_core(settings, probe=False) as core:
-        await import_seed(core.store, core.archive, core.registry, city.data_dir)
-    async with TestClient(TestServer(build_app(settings, probe=False))) as c:
-        yield Gateway(c, port, mover)
-    city.reset()
+    mover = free_port()
+    destinations = f"STORESCP=127.0.0.1:{mover}"
+    async with open_gateway(city, move_destinations=destinations) as (client, settings):
+        yield Gateway(client, settings.dimse_port, mover)
 
 
 def _study_of_kind(city: City, kind: str) -> tuple[str, Path]:

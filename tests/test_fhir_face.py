@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
@@ -15,13 +15,9 @@ from fhir.resources.R4B.observation import Observation
 from fhirpy import AsyncFHIRClient
 
 from adapters.types import FhirEndpoint, Hl7v2Feed
-from gateway.app import build_app
-from gateway.config import Settings
-from gateway.core import open_core
 from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.registry import load_registry
-from gateway.seed_import import import_seed
-from tests.city import City, free_port
+from tests.city import City, open_gateway
 
 REGISTRY = load_registry()
 
@@ -33,19 +29,8 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(city: City) -> AsyncIterator[Gateway]:
-    mllp = free_port()
-    settings = Settings(
-        data_dir=city.data_dir,
-        federation_deadline=2.0,
-        breaker_reset=60,
-        dimse_port=free_port(),
-        mllp_port=mllp,
-    )
-    async with open_core(settings, probe=False) as core:
-        await import_seed(core.store, core.archive, core.registry, city.data_dir)
-    async with TestClient(TestServer(build_app(settings, probe=False))) as c:
-        yield Gateway(c, mllp)
-    city.reset()
+    async with open_gateway(city) as (client, settings):
+        yield Gateway(client, settings.mllp_port)
 
 
 def _person_with_fhir_results(city: City) -> tuple[str, set[str]]:

@@ -7,32 +7,18 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 
 from adapters.types import DicomWebEndpoint
-from gateway.app import build_app
-from gateway.config import Settings
-from gateway.core import open_core
 from gateway.registry import load_registry
-from gateway.seed_import import import_seed
-from tests.city import City, free_port
+from tests.city import City, open_gateway
 
 
 @pytest.fixture
 async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    settings = Settings(
-        data_dir=city.data_dir,
-        federation_deadline=1.0,
-        breaker_reset=60,
-        dimse_port=free_port(),
-        mllp_port=free_port(),
-    )
-    async with open_core(settings, probe=False) as core:
-        await import_seed(core.store, core.archive, core.registry, city.data_dir)
-    async with TestClient(TestServer(build_app(settings))) as c:
+    async with open_gateway(city, probe=True, federation_deadline=1.0) as (c, _):
         yield c
-    city.reset()
 
 
 async def test_healthz(client: TestClient) -> None:  # type: ignore[type-arg]

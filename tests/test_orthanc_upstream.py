@@ -11,16 +11,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from gateway.app import build_app
-from gateway.config import Settings
-from gateway.core import open_core
 from gateway.registry import default_registry_path
-from gateway.seed_import import import_seed
-from tests.city import City, free_port
+from tests.city import City, open_gateway
 from tests.orthanc import OrthancServer
 
 
@@ -76,17 +72,11 @@ async def stocked(orthanc: OrthancServer, city: City, tmp_path: Path) -> list[py
 
 @pytest.fixture
 async def client(city: City, orthanc: OrthancServer, tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    settings = Settings(
-        data_dir=city.data_dir,
-        federation_deadline=3.0,
-        breaker_reset=60,
-        dimse_port=free_port(),
-        mllp_port=free_port(),
-        registry_path=_registry_with_orthanc(tmp_path / "facilities.json", orthanc),
-    )
-    async with open_core(settings, probe=False) as core:
-        await import_seed(core.store, core.archive, core.registry, city.data_dir)
-    async with TestClient(TestServer(build_app(settings))) as c:
+    registry = _registry_with_orthanc(tmp_path / "facilities.json", orthanc)
+    async with open_gateway(city, probe=True, federation_deadline=3.0, registry_path=registry) as (
+        c,
+        _,
+    ):
         yield c
 
 

@@ -10,32 +10,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from gateway.app import build_app
-from gateway.config import Settings
-from gateway.core import open_core
-from gateway.seed_import import import_seed
-from tests.city import City, free_port
+from tests.city import City, open_gateway
 from tests.test_dicomweb_face import KINDS, REGISTRY
 
 
 @pytest.fixture
 async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
-    settings = Settings(
-        data_dir=city.data_dir,
-        federation_deadline=2.0,
-        breaker_reset=60,
-        dimse_port=free_port(),
-        mllp_port=free_port(),
-    )
-    async with open_core(settings, probe=False) as core:
-        await import_seed(core.store, core.archive, core.registry, city.data_dir)
-    async with TestClient(TestServer(build_app(settings, probe=False))) as c:
+    async with open_gateway(city) as (c, _):
         yield c
-    city.reset()
 
 
 def _ct(city: City) -> tuple[str, pydicom.Dataset]:
