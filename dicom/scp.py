@@ -19,7 +19,7 @@ from typing import Any
 from adapters import dimse_codec as codec
 from adapters.dimse import RETRIEVABLE_STORAGE
 from adapters.dimse_codec import Message
-from adapters.dul import Link, PeerReleased, accept
+from adapters.dul import Link
 from adapters.errors import UpstreamError
 from adapters.part10 import identify, part10
 from adapters.qr import (
@@ -29,11 +29,11 @@ from adapters.qr import (
     level_target,
     match_of,
     patients,
-    qr_scp_contexts,
     read_identifier,
     response,
     send_suboperations,
 )
+from adapters.scp import QrScp
 from adapters.types import DimseEndpoint, RetrievedInstance, StoredInstance
 from gateway.core import Core
 from gateway.errors import GatewayError
@@ -41,83 +41,24 @@ from gateway.errors import GatewayError
 log = logging.getLogger(__name__)
 
 IDENTIFIER_MISMATCH = 0xA900
-MOVE_DESTINATION_UNKNOWN = 0xA801
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
 
 
-class GatewayScp:
+class GatewayScp(QrScp):
     def __init__(
         self, core: Core, *, move_destinations: Mapping[str, tuple[str, int]] | None = None
     ) -> None:
+        super().__init__(move_destinations or {})
         self.core = core
         self.ae_title = core.settings.ae_title
-        self.move_destinations = dict(move_destinations or {})
-        self._contexts = qr_scp_contexts()
-        self._server: asyncio.Server | None = None
-        self._links: set[Link] = set()
         self._pacs_titles = {
             f.imaging.ae_title: f.id for f in core.registry if isinstance(f.imaging, DimseEndpoint)
         }
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for link in list(self._links):
-            link.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link: Link | None = None
-        try:
-            link, peer = await accept(reader, writer, self._contexts)
-            self._links.add(link)
-            while True:
-                request = await link.receive()
-                await self._dispatch(link, request, peer)
-        except PeerReleased:
-            pass
-        except (UpstreamError, TimeoutError, ConnectionError) as exc:
-            log.info("association ended: %s", type(exc).__name__)
-        except Exception:
-            log.exception("DIMSE SCP failed on an association")
-        finally:
-            if link is not None:
-                self._links.discard(link)
-            writer.close()
-
-    async def _dispatch(self, link: Link, request: Message, peer: tuple[str, str]) -> None:
-        kind = request.command_field
-        if kind == codec.C_ECHO_RQ:
-            await link.send(request.context_id, response(request, codec.C_ECHO_RSP, 0x0000))
-        elif kind == codec.C_FIND_RQ:
-            await self._find(link, request)
-        elif kind == codec.C_GET_RQ:
-            await self._retrieve(link, request, codec.C_GET_RSP, None)
-        elif kind == codec.C_MOVE_RQ:
-            destination = self.move_destinations.get(
-                str(request.get("MoveDestination", "")).strip()
-            )
-            if destination is None:
-                rsp = response(request, codec.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
-                await link.send(request.context_id, rsp)
-                return
-            await self._retrieve(link, request, codec.C_MOVE_RSP, destination)
-        elif kind == codec.C_STORE_RQ:
-            await self._store(link, request, peer)
-        elif kind == codec.C_CANCEL_RQ:
-            pass  # answers go out whole; there is nothing in progress to cancel
-        else:
-            raise UpstreamError(f"unsupported DIMSE command 0x{kind:04X}")
-
     # -- C-FIND ------------------------------------------------------------------------------
 
-    async def _find(self, link: Link, request: Message) -> None:
+    async def on_find(self, link: Link, request: Message) -> None:
         cx = request.context_id
         implicit = link.is_implicit(cx)
         query = read_identifier(request.dataset, implicit)
@@ -163,7 +104,7 @@ class GatewayScp:
 
     # -- C-GET and C-MOVE --------------------------------------------------------------------
 
-    async def _retrieve(
+    async def on_retrieve(
         self, link: Link, request: Message, field: int, destination: tuple[str, int] | None
     ) -> None:
         query = read_identifier(request.dataset, link.is_implicit(request.context_id))
@@ -193,7 +134,7 @@ class GatewayScp:
 
     # -- C-STORE -----------------------------------------------------------------------------
 
-    async def _store(self, link: Link, request: Message, peer: tuple[str, str]) -> None:
+    async def on_store(self, link: Link, request: Message, peer: tuple[str, str]) -> None:
         calling, called = peer
         rsp = response(request, codec.C_STORE_RSP, 0x0000)
         rsp["AffectedSOPInstanceUID"] = request.get("AffectedSOPInstanceUID", "")

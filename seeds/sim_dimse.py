@@ -22,20 +22,19 @@ from adapters import dimse_codec as codec
 from adapters.dicom_index import DicomIndex, Instance
 from adapters.dicom_match import first
 from adapters.dimse_codec import Message
-from adapters.dul import Link, PeerReleased, accept
-from adapters.errors import UpstreamError
+from adapters.dul import Link
 from adapters.part10 import part10
 from adapters.qr import (
     PATIENT_KEYWORDS,
     answer_for,
     match_of,
     patients,
-    qr_scp_contexts,
     read_identifier,
     response,
     send_suboperations,
     uids,
 )
+from adapters.scp import QrScp
 from adapters.types import StoredInstance
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ _CANCELLED, _UNABLE, _IDENTIFIER_MISMATCH, _MOVE_DEST_UNKNOWN = 0xFE00, 0xC000, 
 _SUBOPS_FAILED = 0xB000  # warning: one or more sub-operations failed
 
 
-class DimsePacs:
+class DimsePacs(QrScp):
     """One facility's PACS on one port. ``latency`` is read on every request (faults)."""
 
     def __init__(
@@ -61,68 +60,20 @@ class DimsePacs:
         latency: Callable[[], float],
         move_destinations: Mapping[str, tuple[str, int]],
     ) -> None:
+        super().__init__(move_destinations)
         self.ae_title = ae_title
         self.index = index
         self.stow_dir = stow_dir
         self.latency = latency
-        self.move_destinations = move_destinations
-        self._contexts = qr_scp_contexts()
-        self._server: asyncio.Server | None = None
-        self._links: set[Link] = set()
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        # A PACS that goes down drops its open associations too, pooled ones included.
-        for link in list(self._links):
-            link.abort()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link: Link | None = None
-        try:
-            link, _calling_ae = await accept(reader, writer, self._contexts)
-            self._links.add(link)
-            while True:
-                request = await link.receive()
-                delay = self.latency()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await self._dispatch(link, request)
-        except PeerReleased:
-            pass
-        except (UpstreamError, TimeoutError, ConnectionError) as exc:
-            log.debug("association ended: %s", exc)
-        except Exception:
-            log.exception("simulated PACS failed on an association")
-        finally:
-            if link is not None:
-                self._links.discard(link)
-            writer.close()
-
-    async def _dispatch(self, link: Link, request: Message) -> None:
-        kind = request.command_field
-        if kind == codec.C_ECHO_RQ:
-            await link.send(request.context_id, response(request, codec.C_ECHO_RSP, 0x0000))
-        elif kind == codec.C_FIND_RQ:
-            await self._find(link, request)
-        elif kind == codec.C_GET_RQ:
-            await self._retrieve(link, request, codec.C_GET_RSP, destination=None)
-        elif kind == codec.C_MOVE_RQ:
-            await self._move(link, request)
-        elif kind == codec.C_STORE_RQ:
-            await self._store(link, request)
-        elif kind == codec.C_CANCEL_RQ:
-            pass  # answers are sent whole; nothing is in progress to cancel
-        else:
-            raise UpstreamError(f"unsupported DIMSE command 0x{kind:04X}")
+    async def before(self, request: Message) -> None:
+        delay = self.latency()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     # -- C-FIND ------------------------------------------------------------------------------
 
-    async def _find(self, link: Link, request: Message) -> None:
+    async def on_find(self, link: Link, request: Message) -> None:
         cx = request.context_id
         implicit = link.is_implicit(cx)
         query = read_identifier(request.dataset, implicit)
@@ -155,20 +106,11 @@ class DimsePacs:
 
     # -- C-GET and C-MOVE --------------------------------------------------------------------
 
-    async def _move(self, link: Link, request: Message) -> None:
-        destination = self.move_destinations.get(str(request.get("MoveDestination", "")).strip())
-        if destination is None:
-            rsp = response(request, codec.C_MOVE_RSP, _MOVE_DEST_UNKNOWN)
-            await link.send(request.context_id, rsp)
-            return
-        await self._retrieve(link, request, codec.C_MOVE_RSP, destination=destination)
-
-    async def _retrieve(
+    async def on_retrieve(
         self,
         link: Link,
         request: Message,
         response_field: int,
-        *,
         destination: tuple[str, int] | None,
     ) -> None:
         """C-GET (sub-operations on this association) or C-MOVE (on a new one)."""
@@ -216,7 +158,7 @@ class DimsePacs:
 
     # -- C-STORE -----------------------------------------------------------------------------
 
-    async def _store(self, link: Link, request: Message) -> None:
+    async def on_store(self, link: Link, request: Message, peer: tuple[str, str]) -> None:
         rsp = response(request, codec.C_STORE_RSP, 0x0000)
         rsp["AffectedSOPInstanceUID"] = request["AffectedSOPInstanceUID"]
         ts = str(link.contexts[request.context_id].transfer_syntax[0])
