@@ -152,7 +152,7 @@ def _stow(index: DicomIndex, stow_dir: Path) -> Callable[[web.Request], Any]:
             try:
                 ds = pydicom.dcmread(io.BytesIO(data))
                 sop_class, sop_uid = ds.SOPClassUID, ds.SOPInstanceUID
-                _ = ds.StudyInstanceUID, ds.SeriesInstanceUID
+                _ = ds.StudyInstanceUID, ds.SeriesInstanceUID  # required: AttributeError if absent
             except Exception:
                 # PS3.18 Table I.2-1: 0xC000 "Cannot understand"
                 failed.append({tag_hex("FailureReason"): {"vr": "US", "Value": [0xC000]}})

@@ -16,7 +16,6 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import StoragePresentationContexts
 
 from adapters import dimse_codec as codec
 from adapters.dicom_index import DicomIndex, Instance
@@ -39,13 +38,7 @@ from adapters.types import StoredInstance
 
 log = logging.getLogger(__name__)
 
-VERIFICATION = "1.2.840.10008.1.1"
-QR_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
-QR_GET = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
-QR_MOVE = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
-STORAGE = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
-_CANCELLED, _UNABLE, _IDENTIFIER_MISMATCH, _MOVE_DEST_UNKNOWN = 0xFE00, 0xC000, 0xA900, 0xA801
-_SUBOPS_FAILED = 0xB000  # warning: one or more sub-operations failed
+_IDENTIFIER_MISMATCH = 0xA900
 
 
 class DimsePacs(QrScp):

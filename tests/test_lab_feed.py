@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.mllp import MllpConnection, frame, read_frame
+from adapters.mllp import MllpConnection, frame
 from adapters.types import Hl7v2Feed
-from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab_feed import LabFeed
 from gateway.registry import load_registry
 from gateway.storage import Store, database_url_for
@@ -150,7 +149,7 @@ async def test_a_connection_cut_mid_message_stores_nothing(listener: Listener, c
         sending_application=facility.lab.sending_application,
         sending_facility=facility.lab.sending_facility,
     )[0]
-    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(frame(message)[: len(message) // 2])
     await writer.drain()
     writer.close()
@@ -158,7 +157,6 @@ async def test_a_connection_cut_mid_message_stores_nothing(listener: Listener, c
     assert await listener.store.hl7_messages() == []
     [ack] = await _send(listener.port, [message])
     assert ack[0] == "AA"
-    _ = reader, read_frame
 
 
 async def test_acknowledged_messages_survive_a_restart(city: City, tmp_path: Path) -> None:
@@ -222,9 +220,6 @@ def _post(url: str) -> dict[str, int]:
     with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60) as resp:
         data: dict[str, int] = json.loads(resp.read())
         return data
-
-
-_ = NATIONAL_ID_SYSTEM
 
 
 def test_every_facility_feed_builds_and_parses(city: City) -> None:
