@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Literal
 from urllib.parse import quote
 
@@ -357,12 +358,18 @@ class _Reader:
         }
         if delimiters.truncation:
             self._simple["P"] = delimiters.truncation
+        # A repetition is read component by component (code, text, system ...): split and
+        # unescape it once. Both caches live as long as the message.
+        self._raw: dict[str, list[str]] = {}
+        self._leaves: dict[str, list[str]] = {}
 
     def reps(self, raw: str) -> list[str]:
         return raw.split(self.d.repetition) if raw else []
 
     def raw_comp(self, rep: str, n: int) -> str:
-        parts = rep.split(self.d.component)
+        parts = self._raw.get(rep)
+        if parts is None:
+            parts = self._raw[rep] = rep.split(self.d.component)
         return parts[n - 1] if n <= len(parts) else ""
 
     def subs(self, raw_comp: str) -> list[str]:
@@ -370,7 +377,13 @@ class _Reader:
 
     def comp(self, rep: str, n: int) -> str:
         """Component `n` (from 1) of one repetition, its first subcomponent, unescaped."""
-        return self.text(self.raw_comp(rep, n).split(self.d.subcomponent, 1)[0]).strip()
+        leaves = self._leaves.get(rep)
+        if leaves is None:
+            sub = self.d.subcomponent
+            leaves = self._leaves[rep] = [
+                self.text(part.split(sub, 1)[0]).strip() for part in rep.split(self.d.component)
+            ]
+        return leaves[n - 1] if n <= len(leaves) else ""
 
     def first(self, raw: str, n: int = 1) -> str:
         """Component `n` of a field's first repetition."""
@@ -423,6 +436,7 @@ def _json_number(text: str) -> int | float:
     return int(text)
 
 
+@lru_cache(maxsize=4096)  # a message repeats its times in every OBX; feeds repeat them too
 def _iso_datetime(value: str) -> str | None:
     """An HL7 DTM (or an ISO 8601 string) as a FHIR date or dateTime; None when empty.
 

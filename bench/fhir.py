@@ -5,8 +5,11 @@ And the FHIR face: Observation search for one patient across the city (every fac
 knows the patient asked in its own MRN, plus the gateway's own index), through HTTP, with the
 simulated city answering after 20 ms.
 
-    python bench/fhir.py            # 6,000 messages per backend over 8 connections
+    python bench/fhir.py            # 6,000 messages per backend
     python bench/fhir.py --quick    # 1,500
+
+The senders hold one MLLP connection per HL7 v2 lab system in the registry (35), as the
+city's feeds do: each lab system keeps its own connection and waits for each ACK.
 
 Prints readable lines, then one line of JSON with the figures.
 """
@@ -161,7 +164,8 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--messages", type=int, default=6000)
-    ap.add_argument("--connections", type=int, default=8)
+    feeds = sum(isinstance(f.lab, Hl7v2Feed) for f in load_registry())
+    ap.add_argument("--connections", type=int, default=feeds)
     args = ap.parse_args()
     n = 1500 if args.quick else args.messages
     data_dir = Path(tempfile.mkdtemp(prefix="huren-bench-fhir-"))

@@ -1,0 +1,131 @@
+"""Many rows into one table in one statement, straight to the driver.
+
+The group commits (the HL7 feed now, the audit trail next) write thousands of rows a second.
+Through SQLAlchemy's ORM-free Core they still cost compilation, an execution context and a
+result proxy per statement, and per-row parameter dictionaries: measured at about 40% of the
+HL7 feed's CPU. Here the statement text is built once per (table, columns, conflict) shape and
+handed to the driver as it is:
+
+- PostgreSQL: ``INSERT ... SELECT ... FROM unnest($1::type[], $2::type[], ...)``, one array per
+  column, so a batch of any size is one prepared statement the driver reuses;
+- SQLite: ``INSERT ... VALUES (?, ...), (?, ...)``, chunked under its bound-variable limit.
+
+Values pass through each column type's own bind processor, so what lands is exactly what a
+Core insert would have written (UTC timestamps, JSON text), and reads through Core see no
+difference. Rows that collide with ``skip_conflicts_on`` are skipped (``ON CONFLICT DO
+NOTHING``); ``returning`` names columns to give back for the rows actually inserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any, Final
+
+from sqlalchemy import JSON, Dialect, Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32.
+_SQLITE_MAX_VARIABLES: Final = 32_766
+
+Row = Sequence[Any]
+
+
+async def insert_many(
+    conn: AsyncConnection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Row],
+    *,
+    json_dumps: Callable[[Any], str],
+    skip_conflicts_on: Sequence[str] | None = None,
+    returning: Sequence[str] = (),
+) -> list[tuple[Any, ...]]:
+    """Insert ``rows`` (values in the order of ``columns``) into ``table`` inside ``conn``'s
+    transaction; the ``returning`` columns of the rows inserted, in no particular order."""
+    if not rows:
+        return []
+    dialect = conn.dialect
+    processors = _processors(table, tuple(columns), dialect, json_dumps)
+    prepared = [
+        tuple(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
+        for row in rows
+    ]
+    conflict = tuple(skip_conflicts_on) if skip_conflicts_on is not None else None
+    if dialect.name == "postgresql":
+        sql = _postgres_sql(table, tuple(columns), conflict, tuple(returning), dialect)
+        arrays = tuple(list(column) for column in zip(*prepared, strict=True))
+        result = await conn.exec_driver_sql(sql, arrays)
+        return [tuple(r) for r in result] if returning else []
+    out: list[tuple[Any, ...]] = []
+    per_chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
+    for start in range(0, len(prepared), per_chunk):
+        chunk = prepared[start : start + per_chunk]
+        sql = _sqlite_sql(table, tuple(columns), conflict, tuple(returning), len(chunk))
+        result = await conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
+        if returning:
+            out += [tuple(r) for r in result]
+    return out
+
+
+def _processors(
+    table: Table, columns: tuple[str, ...], dialect: Dialect, json_dumps: Callable[[Any], str]
+) -> list[Callable[[Any], Any] | None]:
+    out: list[Callable[[Any], Any] | None] = []
+    for name in columns:
+        type_ = table.c[name].type
+        # JSON goes as text and is cast in SQL: drivers disagree on how they take JSON.
+        # The dialect's own implementation: SQLite's DATETIME, say, writes its text form.
+        impl = type_.dialect_impl(dialect)
+        out.append(json_dumps if isinstance(type_, JSON) else impl.bind_processor(dialect))
+    return out
+
+
+def _conflict_clause(conflict: tuple[str, ...] | None) -> str:
+    if conflict is None:
+        return ""
+    return f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+
+
+def _returning_clause(returning: tuple[str, ...]) -> str:
+    return f" RETURNING {', '.join(returning)}" if returning else ""
+
+
+@cache
+def _postgres_sql(
+    table: Table,
+    columns: tuple[str, ...],
+    conflict: tuple[str, ...] | None,
+    returning: tuple[str, ...],
+    dialect: Dialect,
+) -> str:
+    arrays, selected = [], []
+    for n, name in enumerate(columns, start=1):
+        type_ = table.c[name].type
+        if isinstance(type_, JSON):
+            arrays.append(f"${n}::text[]")
+            selected.append(f"{name}::json")
+        else:
+            arrays.append(f"${n}::{type_.compile(dialect)}[]")
+            selected.append(name)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) "
+        f"AS u({', '.join(columns)})"
+        f"{_conflict_clause(conflict)}{_returning_clause(returning)}"
+    )
+
+
+@cache
+def _sqlite_sql(
+    table: Table,
+    columns: tuple[str, ...],
+    conflict: tuple[str, ...] | None,
+    returning: tuple[str, ...],
+    n_rows: int,
+) -> str:
+    row = f"({', '.join('?' * len(columns))})"
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * n_rows)}"
+        f"{_conflict_clause(conflict)}{_returning_clause(returning)}"
+    )
