@@ -14,7 +14,11 @@
     DICOM Part 10 files (Explicit VR Little Endian, ``ISO_IR 192``) with phantom pixel data.
 ``fhir/<facility>.ndjson``
     FHIR R4 ``Patient``, lab ``Observation`` + ``DiagnosticReport`` (facilities with a lab
-    system) and radiology ``DiagnosticReport`` (facilities with imaging studies).
+    system) and radiology ``DiagnosticReport`` (facilities with imaging studies). An
+    Observation is coded in LOINC plus the facility's abbreviation
+    (``urn:huren:lab-code:<facility>``), except at the facilities that
+    ``seeds/ConceptMap-lab-local-codes.json`` lists: their laboratory systems know only their
+    own item codes, so there the Observation carries the local code from that map alone.
 
 Everything is drawn from one ``random.Random(seed)``; pixel noise comes from numpy generators
 seeded from it. Nothing reads the clock or the OS entropy pool, so the same ``(patients, seed,
@@ -55,6 +59,8 @@ from pydicom.uid import (
     UltrasoundImageStorage,
 )
 
+from gateway.lab_codes import DEFAULT_PATH as LAB_CODES_PATH
+from gateway.lab_codes import LabCodeMap
 from gateway.registry import Facility, Registry, load_registry
 
 __all__ = [
@@ -1464,7 +1470,64 @@ def _patient_resource(pid: str, p: _Person, f: Facility) -> Json:
     }
 
 
-def _observation(oid: str, r: _Result, lab: _LabTest, pid: str) -> Json:
+def _lab_code_system(f: Facility) -> str:
+    return f"urn:huren:lab-code:{f.id}"
+
+
+def _check_local_codes(registry: Registry, panels: Sequence[LabPanel], codes: LabCodeMap) -> None:
+    """Every lab item has a local code at each facility the map lists."""
+    for f in registry:
+        system = _lab_code_system(f)
+        if f.lab.kind == "none" or not codes.has_local_codes(system):
+            continue
+        missing = [
+            item.code
+            for panel in panels
+            for item in panel.items
+            if codes.to_local(system, _LOINC, item.code) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{LAB_CODES_PATH.name}: facility {f.id} has no local code for LOINC {missing}"
+            )
+
+
+def _observation_code(item: LabItem, f: Facility, codes: LabCodeMap) -> Json:
+    system = _lab_code_system(f)
+    if codes.has_local_codes(system):
+        # This facility's LIS knows only its own item codes: no LOINC coding.
+        local = codes.to_local(system, _LOINC, item.code)
+        if local is None:  # _check_local_codes ran first
+            raise ValueError(f"facility {f.id} has no local code for LOINC {item.code}")
+        return {
+            "coding": [{"system": system, "code": local, "display": item.name_zh}],
+            "text": item.name_zh,
+        }
+    return {
+        "coding": [
+            {
+                "system": _LOINC,
+                "code": item.code,
+                "display": item.display,
+                "_display": {
+                    "extension": [
+                        {
+                            "url": _TRANSLATION,
+                            "extension": [
+                                {"url": "lang", "valueCode": "zh-CN"},
+                                {"url": "content", "valueString": item.name_zh},
+                            ],
+                        }
+                    ]
+                },
+            },
+            {"system": system, "code": item.abbr, "display": item.name_zh},
+        ],
+        "text": item.name_zh,
+    }
+
+
+def _observation(oid: str, r: _Result, lab: _LabTest, pid: str, codes: LabCodeMap) -> Json:
     item, ref = r.item, r.ref
     rng_json: Json = {}
     if ref.low is not None:
@@ -1483,32 +1546,7 @@ def _observation(oid: str, r: _Result, lab: _LabTest, pid: str) -> Json:
         "category": [
             {"coding": [{"system": _OBS_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}
         ],
-        "code": {
-            "coding": [
-                {
-                    "system": _LOINC,
-                    "code": item.code,
-                    "display": item.display,
-                    "_display": {
-                        "extension": [
-                            {
-                                "url": _TRANSLATION,
-                                "extension": [
-                                    {"url": "lang", "valueCode": "zh-CN"},
-                                    {"url": "content", "valueString": item.name_zh},
-                                ],
-                            }
-                        ]
-                    },
-                },
-                {
-                    "system": f"urn:huren:lab-code:{lab.facility.id}",
-                    "code": item.abbr,
-                    "display": item.name_zh,
-                },
-            ],
-            "text": item.name_zh,
-        },
+        "code": _observation_code(item, lab.facility, codes),
         "subject": {"reference": f"Patient/{pid}", "display": lab.person.name.text},
         "effectiveDateTime": _fhir_time(lab.collected),
         "issued": _fhir_time(lab.issued),
@@ -1612,6 +1650,7 @@ def generate(
     seed: int,
     registry: Registry | None = None,
     image_size: int = 64,
+    lab_codes: LabCodeMap | None = None,
 ) -> Manifest:
     """Write a synthetic city into ``data_dir / "seed"``, replacing what was there.
 
@@ -1627,6 +1666,9 @@ def generate(
         The facility registry; default ``seeds/facilities.json``.
     image_size
         Rows and columns of every image (16 to 1024).
+    lab_codes
+        Which facilities code lab items in their own scheme, and how; default
+        ``seeds/ConceptMap-lab-local-codes.json``.
 
     Returns
     -------
@@ -1641,6 +1683,9 @@ def generate(
         registry = load_registry(_HERE / "facilities.json")
     catalogue = load_imaging_catalogue()
     panels = load_lab_panels()
+    if lab_codes is None:
+        lab_codes = LabCodeMap.load(LAB_CODES_PATH)
+    _check_local_codes(registry, panels, lab_codes)
     for f in registry:
         for table in (catalogue.modality_weights, catalogue.studies_per_episode):
             if f.kind not in table:
@@ -1714,7 +1759,7 @@ def generate(
             for r in lab.results:
                 n_obs += 1
                 obs_ids.append(f"{f.id}-obs{n_obs}")
-                lines.append(_ndjson_line(_observation(obs_ids[-1], r, lab, pid)))
+                lines.append(_ndjson_line(_observation(obs_ids[-1], r, lab, pid, lab_codes)))
             number = f"{f.id}L{lab.collected:%y%m%d}{k:04d}"
             lines.append(_ndjson_line(_lab_report(f"{f.id}-lab{k}", number, lab, pid, obs_ids)))
         for st in studies:

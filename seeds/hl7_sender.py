@@ -20,10 +20,13 @@ PID     PID-3, repeated: each facility MRN (system ``urn:huren:mrn:<facility>``)
         component when it has no parts); PID-7 birth date; PID-8 sex (table 0001)
 ORC     ORC-1 ``RE``; ORC-3 filler order number ``<report id>^<sending facility>``;
         ORC-5 ``CM``; ORC-9 the report's issued time
-OBR     OBR-1 ``1``; OBR-3 as ORC-3; OBR-4 ``<panel LOINC>^<name>^LN``; OBR-7 the report's
-        effective time; OBR-22 its issued time; OBR-24 ``LAB``; OBR-25 status (table 0123)
+OBR     OBR-1 ``1``; OBR-3 as ORC-3; OBR-4 ``<panel LOINC>^<name>^LN`` (``^L`` when the
+        panel has no LOINC code); OBR-7 the report's effective time; OBR-22 its issued time;
+        OBR-24 ``LAB``; OBR-25 status (table 0123)
 OBX     one per result, in the report's order: OBX-2 ``NM`` (``SN`` for a value with a
-        comparator, ``ST`` for text); OBX-3 ``<LOINC>^<Chinese name>^LN``; OBX-5 value;
+        comparator, ``ST`` for text); OBX-3 ``<LOINC>^<Chinese name>^LN``, or, for an item
+        without a LOINC coding (a laboratory system that knows only its own item codes),
+        ``<local code>^<Chinese name>^L`` (table 0396: L, local); OBX-5 value;
         OBX-6 ``<UCUM code>^^UCUM``; OBX-7 ``low-high`` (``>low``, ``<high``);
         OBX-8 interpretation (H, L, N, ...); OBX-11 status; OBX-14 observation time
 ======  =================================================================================
@@ -154,22 +157,16 @@ def _coding(concept: Mapping[str, Any] | None, system: str | None = None) -> Fhi
     return {}
 
 
-def _loinc(concept: Mapping[str, Any] | None, what: str) -> tuple[str, str]:
-    """(code, display) of the LOINC coding of `concept`."""
-    code, display, _ = _coded(concept, what, local=False)
-    return code, display
-
-
-def _coded(concept: Mapping[str, Any] | None, what: str, *, local: bool) -> tuple[str, str, str]:
-    """(code, display, HL7 coding system): LOINC ("LN") when there is one, else, where a
-    local code is allowed (order panels without a LOINC code), the first coding as "L"."""
-    coding = _coding(concept, LOINC_SYSTEM)
-    system = "LN"
-    if not coding.get("code") and local:
+def _coded(concept: Mapping[str, Any] | None, what: str) -> tuple[str, str, str]:
+    """(code, display, HL7 coding system): LOINC ("LN") when there is one, else the first
+    coding as a local code ("L", table 0396): panels without a LOINC code, and the items of
+    laboratory systems that know only their own codes."""
+    coding, system = _coding(concept, LOINC_SYSTEM), "LN"
+    if not coding.get("code"):
         coding, system = _coding(concept), "L"
     code = coding.get("code")
     if not code:
-        raise ValueError(f"{what} has no LOINC coding (got {concept!r})")
+        raise ValueError(f"{what} has no coding with a code (got {concept!r})")
     display = coding.get("display") or (concept or {}).get("text") or ""
     return str(code), str(display), system
 
@@ -240,7 +237,7 @@ def _pid(patient: Mapping[str, Any], sending_facility: str) -> str:
 
 def _obx(set_id: int, obs: Mapping[str, Any], default_time: str) -> str:
     what = f"Observation/{obs.get('id')}"
-    code, display = _loinc(obs.get("code"), what)
+    code, display, code_system = _coded(obs.get("code"), what)
     units = ""
     if "valueQuantity" in obs:
         quantity = obs["valueQuantity"]
@@ -278,7 +275,7 @@ def _obx(set_id: int, obs: Mapping[str, Any], default_time: str) -> str:
         "OBX",
         str(set_id),
         value_type,
-        f"{escape(code)}^{escape(display)}^LN",
+        f"{escape(code)}^{escape(display)}^{code_system}",
         "",
         value,
         units,
@@ -342,7 +339,7 @@ def build_oru(
     Raises
     ------
     ValueError
-        The resources lack what the message needs (a LOINC code, an identifier, a value),
+        The resources lack what the message needs (a code, an identifier, a value),
         or the report belongs to another patient.
     """
     subject = (report.get("subject") or {}).get("reference")
@@ -351,7 +348,7 @@ def build_oru(
             f"DiagnosticReport/{report.get('id')} is about {subject}, not Patient/{patient['id']}"
         )
     panel_code, panel_name, panel_system = _coded(
-        report.get("code"), f"DiagnosticReport/{report.get('id')}", local=True
+        report.get("code"), f"DiagnosticReport/{report.get('id')}"
     )
     effective = hl7_datetime(report["effectiveDateTime"]) if "effectiveDateTime" in report else ""
     issued = hl7_datetime(report["issued"]) if "issued" in report else ""

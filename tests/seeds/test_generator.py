@@ -18,6 +18,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from gateway.lab_codes import LabCodeMap
 from gateway.registry import Registry, parse_registry
 from seeds import generator
 from seeds.generator import (
@@ -49,6 +50,7 @@ SOP_CLASSES = {
 }
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
+LAB_CODES = LabCodeMap.load()
 
 
 def _facility(
@@ -422,7 +424,8 @@ def test_observation_interpretation_agrees_with_reference_range(seeded: Path) ->
 
 
 def test_observations_carry_loinc_and_ucum(seeded: Path) -> None:
-    """Each Observation is coded in LOINC from lab_panels.json, with Chinese text and UCUM units."""
+    """Each Observation is coded in LOINC from lab_panels.json (directly, or through the
+    ConceptMap of local codes), with Chinese text and UCUM units."""
     seen = 0
     for _, r in _resources(seeded):
         if (
@@ -433,9 +436,9 @@ def test_observations_carry_loinc_and_ucum(seeded: Path) -> None:
         if r["resourceType"] != "Observation":
             continue
         seen += 1
-        loinc = r["code"]["coding"][0]
-        assert loinc["system"] == LOINC
-        item = LAB_ITEMS[loinc["code"]]
+        loinc = LAB_CODES.standard_code(r)
+        assert loinc is not None, r["code"]
+        item = LAB_ITEMS[loinc]
         assert r["code"]["text"] == item["name_zh"]
         assert r["category"][0]["coding"][0]["code"] == "laboratory"
         assert r["status"] == "final"
@@ -445,6 +448,73 @@ def test_observations_carry_loinc_and_ucum(seeded: Path) -> None:
             if isinstance(bound, dict):
                 assert bound["code"] == item["unit"]
     assert seen
+
+
+def test_facilities_in_the_concept_map_send_only_their_local_codes(
+    seeded: Path, registry: Registry
+) -> None:
+    """A facility the ConceptMap lists codes each Observation in its own system only, with
+    a local code the map takes to the item's LOINC code; the others still send LOINC."""
+    local_only: Counter[str] = Counter()
+    with_loinc: Counter[str] = Counter()
+    for fid, r in _resources(seeded):
+        if r["resourceType"] != "Observation":
+            continue
+        system = f"urn:huren:lab-code:{fid}"
+        codings = r["code"]["coding"]
+        if LAB_CODES.has_local_codes(system):
+            local_only[registry[fid].lab.kind] += 1
+            (coding,) = codings
+            assert coding["system"] == system
+            assert coding["display"] == r["code"]["text"]
+            mapped = LAB_CODES.to_standard(system, coding["code"], LOINC)
+            assert mapped is not None, coding
+            assert LAB_ITEMS[mapped[1]]["name_zh"] == r["code"]["text"]
+            translated = LAB_CODES.translate(r)
+            assert [c["system"] for c in translated["code"]["coding"]] == [system, LOINC]
+        else:
+            with_loinc[registry[fid].lab.kind] += 1
+            assert codings[0]["system"] == LOINC and codings[0]["code"] in LAB_ITEMS
+            assert codings[1] == {
+                "system": system,
+                "code": LAB_ITEMS[codings[0]["code"]]["abbr"],
+                "display": r["code"]["text"],
+            }
+            assert LAB_CODES.translate(r) is r
+    # The small registry has mapped and unmapped labs of both kinds, with results.
+    assert local_only.keys() == with_loinc.keys() == {"fhir", "hl7v2"}
+
+
+def test_without_a_concept_map_every_facility_sends_loinc(
+    tmp_path: Path, registry: Registry
+) -> None:
+    generate(tmp_path, patients=3, seed=7, registry=registry, lab_codes=LabCodeMap.empty())
+    observations = [
+        r for _, r in _resources(tmp_path / "seed") if r["resourceType"] == "Observation"
+    ]
+    assert observations
+    assert all(r["code"]["coding"][0]["system"] == LOINC for r in observations)
+
+
+def test_a_concept_map_missing_an_item_is_refused(tmp_path: Path, registry: Registry) -> None:
+    """A facility listed in the map must have a local code for every lab item."""
+    partial = LabCodeMap.from_json(
+        {
+            "resourceType": "ConceptMap",
+            "group": [
+                {
+                    "source": "urn:huren:lab-code:F002",
+                    "target": LOINC,
+                    "element": [
+                        {"code": "1", "target": [{"code": "6690-2", "equivalence": "equal"}]}
+                    ],
+                }
+            ],
+        }
+    )
+    with pytest.raises(ValueError, match=r"F002 has no local code for LOINC \['789-8'"):
+        generate(tmp_path, patients=3, seed=7, registry=registry, lab_codes=partial)
+    assert not (tmp_path / "seed").exists()
 
 
 def test_radiology_reports_match_the_studies(seeded: Path) -> None:

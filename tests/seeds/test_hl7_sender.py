@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from adapters.errors import UpstreamUnavailable
+from adapters.hl7v2 import parse_oru
 from adapters.mllp import frame, read_frame
+from gateway.lab_codes import LabCodeMap
 from seeds.hl7_sender import (
     FeedResult,
     build_oru,
@@ -252,6 +254,50 @@ def test_build_oru_escapes_delimiters() -> None:
     code, name, system = hgb[3].split("^")
     assert name == "血红蛋白\\F\\Hb\\S\\HGB\\T\\x\\R\\y\\E\\z"
     assert (code, unescape(name), system) == ("718-7", tricky, "LN")
+
+
+def test_build_oru_sends_a_local_code_as_l_and_it_parses_back() -> None:
+    """An item without LOINC (a LIS that knows only its own codes) goes as code^name^L; the
+    parser reads it as urn:huren:lab-code:<MSH-4>, which the ConceptMap takes to LOINC."""
+    codes = LabCodeMap.load()
+    system = "urn:huren:lab-code:F010"
+    local = codes.to_local(system, "http://loinc.org", "6690-2")
+    assert local is not None
+    observations = _observations()
+    observations[1]["code"] = {
+        "coding": [{"system": system, "code": local, "display": "白细胞计数"}],
+        "text": "白细胞计数",
+    }
+    message = _oru(observations=observations, sending_facility="F010")
+    wbc, hgb = _fields(message)[4:]
+    assert wbc[3] == f"{local}^白细胞计数^L"
+    assert hgb[3] == "718-7^血红蛋白^LN"
+
+    oru = parse_oru(message)
+    parsed_wbc, parsed_hgb = oru.observations
+    assert parsed_wbc["code"]["coding"] == [
+        {"system": system, "code": local, "display": "白细胞计数"}
+    ]
+    assert parsed_hgb["code"]["coding"][0]["system"] == "http://loinc.org"
+    assert codes.standard_code(parsed_wbc) == "6690-2"
+    assert codes.translate(parsed_wbc)["code"]["coding"][1]["code"] == "6690-2"
+
+
+def test_build_oru_falls_back_to_text_for_the_local_name() -> None:
+    """A local coding without display is named by the concept's text."""
+    observations = _observations()
+    observations[1]["code"] = {
+        "coding": [{"system": "urn:huren:lab-code:F001", "code": "1001"}],
+        "text": "白细胞计数",
+    }
+    assert _fields(_oru(observations=observations))[4][3] == "1001^白细胞计数^L"
+
+
+def test_build_oru_refuses_an_observation_without_a_code() -> None:
+    observations = _observations()
+    observations[0]["code"] = {"text": "血红蛋白"}
+    with pytest.raises(ValueError, match="Observation/obs-hgb has no coding"):
+        _oru(observations=observations)
 
 
 def test_build_oru_refuses_another_patients_report() -> None:
