@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import directory, search
+from . import directory, patients, search
 
 
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/fhir/metadata", search.metadata)
-    r.add_get("/fhir/Patient/$ihe-pix", directory.ihe_pix)
-    r.add_get("/fhir/Patient", directory.search_patients)
+    r.add_get("/fhir/Patient/$ihe-pix", patients.ihe_pix)
+    r.add_get("/fhir/Patient", patients.search_patients)
+    r.add_get("/fhir/Patient/{id}", patients.read_patient)
     r.add_get("/fhir/Organization", directory.search_organizations)
     r.add_get("/fhir/Organization/{id}", directory.read_organization)
     r.add_get("/fhir/Endpoint/{id}", directory.read_endpoint)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .registry import Registry
-from .storage import Store
+from .storage import Demographics, Store
 
 #: FHIR identifier system of the resident ID number (GB 11643), as the city's systems use it.
 NATIONAL_ID_SYSTEM = "urn:oid:2.16.156.10011.1.5"
@@ -59,6 +60,7 @@ async def import_seed_identities(store: Store, registry: Registry, seed_dir: Pat
     """Learn the cross-references of the seed's residents (the city's registration feed)."""
     path = seed_dir / "patients.json"
     patients = json.loads(path.read_text(encoding="utf-8"))
+    await store.put_people(_seed_demographics(p) for p in patients)
     n = 0
     for p in patients:
         person = p["national_id"]
@@ -71,3 +73,15 @@ async def import_seed_identities(store: Store, registry: Registry, seed_dir: Pat
                 )
                 n += 1
     return n
+
+
+def _seed_demographics(p: dict[str, Any]) -> Demographics:
+    family, _, given = p["name_pinyin"].partition("^")
+    names: list[dict[str, Any]] = [{"use": "official", "text": p["name"]}]
+    if p["name_dicom"].count("=") and "^" in p["name_dicom"].split("=", 1)[1]:
+        zh_family, _, zh_given = p["name_dicom"].split("=", 1)[1].partition("^")
+        names[0] |= {"family": zh_family, "given": [zh_given]}
+    # The pinyin form, as DICOM's alphabetic PN group and HL7 send it.
+    names.append({"use": "usual", "text": f"{family} {given}", "family": family, "given": [given]})
+    gender = {"M": "male", "F": "female"}.get(p["sex"], "unknown")
+    return Demographics(p["national_id"], tuple(names), gender, p["birth_date"], "seed")

@@ -20,7 +20,7 @@ from adapters.types import FhirJson, Hl7v2Feed
 from .group_commit import GroupCommit
 from .identity import NATIONAL_ID_SYSTEM
 from .registry import Facility, Registry
-from .storage import Hl7Record, LabResult, Store
+from .storage import Demographics, Hl7Record, LabResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,15 @@ def _record(facility: Facility, oru: OruMessage, raw: str) -> Hl7Record:
             (national, s, v, facility.id if s != NATIONAL_ID_SYSTEM else None)
             for s, v in oru.patient_identifiers
         )
+    demographics = None
+    if national is not None:
+        demographics = Demographics(
+            person_key=national,
+            names=tuple(oru.patient.get("name", ())),
+            gender=oru.patient.get("gender"),
+            birth_date=oru.patient.get("birthDate"),
+            source=f"hl7v2:{facility.id}",
+        )
     return Hl7Record(
         facility_id=facility.id,
         control_id=oru.control_id,
@@ -125,6 +134,7 @@ def _record(facility: Facility, oru: OruMessage, raw: str) -> Hl7Record:
         raw=raw,
         results=results,
         identities=identities,
+        demographics=demographics,
     )
 
 

@@ -7,7 +7,9 @@ come back timezone-aware, whichever back end holds them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+import operator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     event,
+    func,
     or_,
     select,
 )
@@ -52,6 +55,8 @@ __all__ = [
     "patient_identity",
 ]
 
+#: meta.source of a resource from a facility: this prefix and the facility id.
+FACILITY_SOURCE_PREFIX: Final = "urn:huren:facility:"
 DATABASE_FILE: Final = "huren.db"  # name of the SQLite file inside the data dir
 SQLITE_BUSY_TIMEOUT_MS: Final = 5_000  # how long a writer waits for SQLite's single write lock
 
@@ -120,6 +125,24 @@ patient_identity = Table(
     Index("ix_patient_identity_person_key", "person_key"),
 )
 
+person = Table(
+    "person",
+    metadata,
+    Column("person_key", String(64), primary_key=True),  # the national ID number
+    # The person's id in URLs (FHIR Patient.id): a digest, so the number never reaches a URL.
+    Column("patient_id", String(32), nullable=False, unique=True),
+    # FHIR HumanName list, as last learned (SQL NULL when unknown, so COALESCE keeps it).
+    Column("names", JSON(none_as_null=True), nullable=True),
+    # Every name part, lower-cased, each preceded by a space: FHIR string search (a part
+    # starts with the value) is one LIKE '% value%'.
+    Column("name_search", Text, nullable=True),
+    Column("gender", String(16), nullable=True),
+    Column("birth_date", String(10), nullable=True),
+    Column("source", String(255), nullable=True),  # where the demographics were learned
+    Column("updated_at", _UtcDateTime(), nullable=True),
+    Index("ix_person_birth_date", "birth_date"),
+)
+
 lab_result = Table(
     "lab_result",
     metadata,
@@ -172,6 +195,76 @@ class Hl7Record:
     results: tuple[LabResult, ...] = ()
     #: (person key, system, value, facility id) identity links learned from the message.
     identities: tuple[tuple[str, str, str, str | None], ...] = ()
+    demographics: Demographics | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    """What a source says of a person: names (FHIR HumanName), gender, birth date."""
+
+    person_key: str
+    names: tuple[Mapping[str, Any], ...] = ()
+    gender: str | None = None
+    birth_date: str | None = None  # YYYY-MM-DD
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A person as the gateway knows them."""
+
+    person_key: str
+    patient_id: str
+    names: tuple[Mapping[str, Any], ...]
+    gender: str | None
+    birth_date: str | None
+
+
+def patient_id_of(person_key: str) -> str:
+    """The person's FHIR Patient.id: stable, and no national ID number in URLs or logs."""
+    return "p-" + hashlib.sha256(person_key.encode()).hexdigest()[:20]
+
+
+def _name_search(names: Iterable[Mapping[str, Any]]) -> str:
+    parts: list[str] = []
+    for name in names:
+        for part in (name.get("text"), name.get("family"), *name.get("given", ())):
+            if isinstance(part, str) and part.strip():
+                parts += part.lower().split()
+    return "".join(f" {p}" for p in dict.fromkeys(parts))
+
+
+def _person(row: Any) -> Person:
+    return Person(
+        person_key=row.person_key,
+        patient_id=row.patient_id,
+        names=tuple(row.names or ()),
+        gender=row.gender,
+        birth_date=row.birth_date,
+    )
+
+
+def _compare(column: Any, op: str, value: str) -> ColumnElement[bool]:
+    comparisons: dict[str, Callable[[Any, str], ColumnElement[bool]]] = {
+        "eq": operator.eq,
+        "ge": operator.ge,
+        "gt": operator.gt,
+        "le": operator.le,
+        "lt": operator.lt,
+    }
+    if op not in comparisons:
+        raise ValueError(f"comparison must be one of {sorted(comparisons)} (got {op!r})")
+    return comparisons[op](column, value)
+
+
+def name_matches(names: Iterable[Mapping[str, Any]], query: str) -> bool:
+    """FHIR string search on names: some part starts with ``query``, ignoring case (the same
+    test as :meth:`Store.search_people`)."""
+    return f" {query.strip().lower()}" in _name_search(names)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +327,17 @@ _LAB_COLUMNS: Final = (
 )
 
 
+def _with_meta(resource: Mapping[str, Any], facility_id: str, received_at: datetime) -> Any:
+    """The resource as held: meta says since when (what _lastUpdated searches) and which
+    facility it came from (meta.source), as results the gateway fetches say too."""
+    meta = {
+        **resource.get("meta", {}),
+        "lastUpdated": received_at.isoformat(),
+        "source": f"{FACILITY_SOURCE_PREFIX}{facility_id}",
+    }
+    return {**resource, "meta": meta}
+
+
 def _lab_values(r: LabResult, received_at: datetime) -> tuple[Any, ...]:
     """A lab result's row, in the order of ``_LAB_COLUMNS``."""
     return (
@@ -245,7 +349,7 @@ def _lab_values(r: LabResult, received_at: datetime) -> tuple[Any, ...]:
         r.resource_id,
         r.code,
         r.effective,
-        r.resource,
+        _with_meta(r.resource, r.facility_id, received_at),
         r.source_message_id,
         received_at,
     )
@@ -414,6 +518,7 @@ class Store:
         for _ in range(2):
             async with self._engine.begin() as conn:
                 if (await conn.execute(stmt)).rowcount:
+                    await self._upsert_people(conn, [Demographics(person_key)], datetime.now(UTC))
                     return
                 # The insert waited for any concurrent insert of the same identifier, so the
                 # row it collided with is committed and visible here.
@@ -450,6 +555,78 @@ class Store:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [Identifier(r.system, r.value, r.facility_id) for r in rows]
+
+    # People (demographics, and the Patient.id each person is read by)
+
+    async def put_people(self, people: Iterable[Demographics]) -> None:
+        """Learn people's demographics; what a source leaves out keeps its earlier value."""
+        async with self._engine.begin() as conn:
+            await self._upsert_people(conn, list(people), datetime.now(UTC))
+
+    async def _upsert_people(
+        self, conn: AsyncConnection, people: list[Demographics], now: datetime
+    ) -> None:
+        latest = {d.person_key: d for d in people}  # one row per statement: the last word
+        if not latest:
+            return
+        rows = [
+            {
+                "person_key": d.person_key,
+                "patient_id": patient_id_of(d.person_key),
+                "names": [dict(n) for n in d.names] if d.names else None,
+                "name_search": _name_search(d.names) if d.names else None,
+                "gender": d.gender,
+                "birth_date": d.birth_date,
+                "source": d.source or None,
+                "updated_at": now if (d.names or d.gender or d.birth_date) else None,
+            }
+            for d in latest.values()
+        ]
+        stmt = self._insert(person)
+        kept = ("names", "name_search", "gender", "birth_date", "source", "updated_at")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["person_key"],
+            set_={c: func.coalesce(stmt.excluded[c], person.c[c]) for c in kept},
+        )
+        await conn.execute(stmt, rows)
+
+    async def person(self, patient_id: str) -> Person | None:
+        """The person whose FHIR Patient.id is ``patient_id``."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(person).where(person.c.patient_id == patient_id))
+            ).first()
+        return _person(row) if row is not None else None
+
+    async def person_by_key(self, person_key: str) -> Person | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(person).where(person.c.person_key == person_key))
+            ).first()
+        return _person(row) if row is not None else None
+
+    async def search_people(
+        self,
+        *,
+        name: str | None = None,
+        gender: str | None = None,
+        birth_date: Iterable[tuple[str, str]] = (),
+        limit: int = 100,
+    ) -> list[Person]:
+        """People by name (any part starting with ``name``, case-insensitive), gender and
+        birth date (``(op, YYYY-MM-DD)`` pairs, op one of eq, ge, gt, le, lt)."""
+        c = person.c
+        conditions: list[ColumnElement[bool]] = []
+        if name is not None:
+            pattern = f"% {_like_escape(name.strip().lower())}%"
+            conditions.append(c.name_search.like(pattern, escape="\\"))
+        if gender is not None:
+            conditions.append(c.gender == gender)
+        for op, value in birth_date:
+            conditions.append(_compare(c.birth_date, op, value))
+        stmt = select(person).where(*conditions).order_by(c.person_key).limit(limit)
+        async with self._engine.connect() as conn:
+            return [_person(row) for row in await conn.execute(stmt)]
 
     # Lab result index
 
@@ -532,6 +709,11 @@ class Store:
                 ],
                 json_dumps=self._dumps,
                 skip_conflicts_on=("system", "value"),
+            )
+            await self._upsert_people(
+                conn,
+                [r.demographics for r in stored if r.demographics is not None],
+                now,
             )
         return fresh
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -124,6 +123,7 @@ async def test_a_failing_facility_is_an_outcome_entry(gateway: Gateway, city: Ci
 
 async def test_hl7_fed_results_come_back_through_fhir(gateway: Gateway, city: City) -> None:
     """Results that arrived over the HL7 v2 feed are searchable in the same FHIR query."""
+    from adapters.hl7v2 import parse_oru
     from adapters.mllp import MllpConnection
     from seeds.hl7_sender import messages_for_facility, parse_ack
 
@@ -141,15 +141,14 @@ async def test_hl7_fed_results_come_back_through_fhir(gateway: Gateway, city: Ci
         pytest.skip("no HL7 v2 results in the seed")
     async with await MllpConnection.open("127.0.0.1", gateway.mllp, timeout=10) as conn:
         assert parse_ack(await conn.exchange(messages[0], timeout=10))[0] == "AA"
-    patients = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-    patient = next(r for r in patients if r["resourceType"] == "Patient")
-    nid = next(i["value"] for i in patient["identifier"] if i["system"] == NATIONAL_ID_SYSTEM)
+    sent = parse_oru(messages[0])
+    nid = next(v for s, v in sent.patient_identifiers if s == NATIONAL_ID_SYSTEM)
     raw = await (
         await gateway.client.get(
             "/fhir/Observation", params={"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
         )
     ).json()
-    assert any(e["search"]["mode"] == "match" for e in raw["entry"])
+    assert any(e["search"]["mode"] == "match" for e in raw["entry"]), (nid, raw)
 
 
 @pytest.mark.parametrize(

@@ -265,7 +265,8 @@ async def test_put_lab_results_in_large_batches(store: Store) -> None:
 
 
 async def test_lab_results_round_trip_the_resource(store: Store) -> None:
-    """The stored resource comes back equal, Chinese text and numbers included."""
+    """The stored resource comes back equal, Chinese text and numbers included, with meta
+    saying when it was received and from which facility."""
     row = observation("o1")
     resource = {
         **row.resource,
@@ -273,8 +274,13 @@ async def test_lab_results_round_trip_the_resource(store: Store) -> None:
         "note": [{"text": "溶血标本，建议复查"}],
     }
     row = replace(row, resource=resource)
+    before = datetime.now(UTC).isoformat()
     await store.put_lab_results([row])
-    assert await store.lab_results_for(patient=(MRN_F001, "M0001")) == [resource]
+    [back] = await store.lab_results_for(patient=(MRN_F001, "M0001"))
+    meta = back.pop("meta")
+    assert back == resource
+    assert meta["source"] == f"urn:huren:facility:{row.facility_id}"
+    assert before <= meta["lastUpdated"] <= datetime.now(UTC).isoformat()
 
 
 async def test_lab_results_filter_by_code_and_time_newest_first(store: Store) -> None:
