@@ -9,6 +9,10 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+__all__ = ["check_known", "count", "date", "day_bounds", "matches_date", "reference_id", "token"]
+
+from gateway.search_terms import matches_date, token
+
 from .outcome import FhirError
 
 #: Parameters a client may send that change nothing here (answers are always JSON).
@@ -77,29 +81,6 @@ def _next(day: str) -> str:
     if month < 12:
         return f"{year:04d}-{month + 1:02d}-01"
     return f"{year + 1:04d}-01-01"
-
-
-def matches_date(have: str | None, prefix: str, value: str) -> bool:
-    """Whether a resource's date/dateTime ``have`` matches a date search, at the search's
-    precision (``date=2025-03`` matches any time in March 2025)."""
-    if not have:
-        return False
-    head = have[: len(value)]
-    return {
-        "eq": head == value,
-        "ge": head >= value,
-        "le": head <= value,
-        "gt": head > value,
-        "lt": head < value,
-    }[prefix]
-
-
-def token(value: str) -> tuple[str | None, str]:
-    """``[system|]code`` as (system or None, code)."""
-    if "|" in value:
-        system, _, code = value.partition("|")
-        return system or None, code
-    return None, value
 
 
 def reference_id(value: str, rtype: str) -> str:

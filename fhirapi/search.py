@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.federation import FederatedResult
 from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab import LabQuery
+from gateway.search_terms import has_coding
 from gateway.storage import FACILITY_SOURCE_PREFIX, Person
 from gateway.web import CORE
 
@@ -227,7 +228,7 @@ def _keep(resource: dict[str, Any], c: Criteria) -> bool:
     if c.status and resource.get("status") not in c.status:
         return False
     if c.category is not None and not any(
-        _has_coding(concept, *c.category) for concept in resource.get("category", [])
+        has_coding(concept, *c.category) for concept in resource.get("category", [])
     ):
         return False
     if c.identifier is not None:
@@ -247,13 +248,6 @@ def _keep(resource: dict[str, Any], c: Criteria) -> bool:
         if updated is not None and not P.matches_date(updated, *c.last_updated):
             return False
     return True
-
-
-def _has_coding(concept: dict[str, Any], system: str | None, code: str) -> bool:
-    return any(
-        c.get("code") == code and system in (None, c.get("system"))
-        for c in concept.get("coding", [])
-    )
 
 
 # -- entries, includes, pages -----------------------------------------------------------------

@@ -27,7 +27,7 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
             app[CORE] = core
             scp = GatewayScp(core, move_destinations=settings.move_destination_map())
             await scp.start(settings.host, settings.dimse_port)
-            feed = LabFeed(core.registry, core.store)
+            feed = LabFeed(core.registry, core.store, core.lab_codes)
             await feed.start(settings.host, settings.mllp_port)
             try:
                 yield

@@ -35,6 +35,8 @@ class Settings:
     redis_url: str | None = None
     #: None: the registry shipped in seeds/.
     registry_path: Path | None = None
+    #: None: the ConceptMap of facilities' local lab codes shipped in seeds/.
+    lab_codes_path: Path | None = None
     #: Seconds one federated query may take, all facilities together; answers after this
     #: are dropped and the facility reported as timed out.
     federation_deadline: float = 2.0

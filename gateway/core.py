@@ -18,6 +18,7 @@ from .config import Settings
 from .federation import Federation, FederationPolicy
 from .imaging import ImagingService
 from .lab import LabService
+from .lab_codes import DEFAULT_PATH, LabCodeMap
 from .readiness import Prober
 from .registry import Registry, load_registry
 from .storage import Store, database_url_for
@@ -37,6 +38,7 @@ class Core:
     upstreams: Upstreams
     imaging: ImagingService
     lab: LabService
+    lab_codes: LabCodeMap
     prober: Prober
     executor: ThreadPoolExecutor
 
@@ -44,6 +46,7 @@ class Core:
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[Core]:
     registry = await asyncio.to_thread(load_registry, settings.registry_path)
+    lab_codes = await asyncio.to_thread(LabCodeMap.load, settings.lab_codes_path or DEFAULT_PATH)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="huren-worker")
     store = await Store.open(database_url_for(settings.data_dir, settings.database_url))
@@ -81,7 +84,8 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         federation=federation,
         upstreams=upstreams,
         imaging=ImagingService(registry, federation, upstreams, store, cache),
-        lab=LabService(registry, federation, upstreams, store),
+        lab=LabService(registry, federation, upstreams, store, lab_codes),
+        lab_codes=lab_codes,
         prober=prober,
         executor=executor,
     )

@@ -3,14 +3,15 @@ the gateway holds from HL7 v2 feeds, in one federated answer."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from adapters.types import FhirJson
 
 from .federation import FederatedResult, Federation
 from .identity import NATIONAL_ID_SYSTEM, mrns_by_facility, resolve_person
+from .lab_codes import LOCAL_SYSTEM_PREFIX, LOINC_SYSTEM, LabCodeMap
 from .registry import Registry
+from .search_terms import has_coding, matches_date, token
 from .storage import Store
 from .upstreams import Upstreams
 
@@ -30,18 +31,26 @@ class LabQuery:
 
 class LabService:
     def __init__(
-        self, registry: Registry, federation: Federation, upstreams: Upstreams, store: Store
+        self,
+        registry: Registry,
+        federation: Federation,
+        upstreams: Upstreams,
+        store: Store,
+        codes: LabCodeMap,
     ) -> None:
         self.registry = registry
         self.federation = federation
         self.upstreams = upstreams
         self.store = store
+        self.codes = codes
 
     async def search(self, query: LabQuery) -> FederatedResult[FhirJson]:
-        """A patient's results from every facility that knows them, newest first."""
+        """A patient's results from every facility that knows them, newest first; local
+        item codes carry their LOINC coding too (the city's ConceptMap)."""
         person = await self._person(query)
         mrns = await mrns_by_facility(self.store, self.registry, person) if person else {}
         targets = [fid for fid in self.upstreams.lab_facilities() if fid in mrns]
+        wanted = token(query.code) if query.code else None
 
         async def call(fid: str) -> list[FhirJson]:
             if fid == INDEX:
@@ -51,12 +60,27 @@ class LabService:
             facility = self.registry[fid]
             params = {"patient.identifier": f"{facility.mrn_system}|{mrns[fid]}"}
             params |= _filters(query)
-            return await lab.search(query.resource_type, params)
+            if wanted is not None:
+                params["code"] = self._code_for(fid, *wanted)
+            found = [self.codes.translate(r) for r in await lab.search(query.resource_type, params)]
+            if wanted is not None:  # what the facility matched, checked in the city's terms
+                found = [r for r in found if has_coding(r.get("code", {}), *wanted)]
+            return found
 
         result = await self.federation.fan_out([*targets, INDEX], call, operation="lab-search")
         result.items.sort(key=lambda pair: _effective(pair[1]), reverse=True)
         del result.items[query.count :]
         return result
+
+    def _code_for(self, fid: str, system: str | None, code: str) -> str:
+        """The code search to send facility ``fid``: in its own codes where the map has the
+        item (its laboratory system knows no LOINC), else as the client gave it."""
+        local = LOCAL_SYSTEM_PREFIX + fid
+        if self.codes.has_local_codes(local) and system != local:
+            mapped = self.codes.to_local(local, system or LOINC_SYSTEM, code)
+            if mapped is not None:
+                return f"{local}|{mapped}"
+        return f"{system}|{code}" if system else code
 
     async def _person(self, query: LabQuery) -> str | None:
         if query.patient_system in (None, NATIONAL_ID_SYSTEM):
@@ -73,14 +97,12 @@ class LabService:
         found = await self.store.lab_results_for(person_key=person, code=code, limit=1000)
         out = [r for r in found if r.get("resourceType") == query.resource_type]
         if query.date is not None:
-            out = [r for r in out if _date_matches(r, query.date)]
+            out = [r for r in out if matches_date(_effective(r), *query.date)]
         return out
 
 
-def _filters(query: LabQuery) -> Mapping[str, str]:
+def _filters(query: LabQuery) -> dict[str, str]:
     params: dict[str, str] = {"_count": str(query.count)}
-    if query.code:
-        params["code"] = query.code
     if query.date:
         params["date"] = query.date[0] + query.date[1]
     return params
@@ -88,17 +110,3 @@ def _filters(query: LabQuery) -> Mapping[str, str]:
 
 def _effective(resource: FhirJson) -> str:
     return str(resource.get("effectiveDateTime") or resource.get("issued") or "")
-
-
-def _date_matches(resource: FhirJson, date: tuple[str, str]) -> bool:
-    prefix, value = date
-    have = _effective(resource)[: len(value)]
-    if not have:
-        return False
-    return {
-        "eq": have == value,
-        "ge": have >= value,
-        "le": have <= value,
-        "gt": have > value,
-        "lt": have < value,
-    }[prefix]

@@ -21,11 +21,20 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_PATH", "LOINC_SYSTEM", "MAPPING_EQUIVALENCES", "LabCodeMap"]
+__all__ = [
+    "DEFAULT_PATH",
+    "LOCAL_SYSTEM_PREFIX",
+    "LOINC_SYSTEM",
+    "MAPPING_EQUIVALENCES",
+    "LabCodeMap",
+]
 
 #: The shipped map (a data file beside the facility registry, not an import of ``seeds``).
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "seeds" / "ConceptMap-lab-local-codes.json"
 LOINC_SYSTEM = "http://loinc.org"
+#: A facility's own lab code system is this prefix and its id (as HL7 v2 feeds' "L" codes are
+#: read, with MSH-4 the facility id).
+LOCAL_SYSTEM_PREFIX = "urn:huren:lab-code:"
 #: ConceptMap equivalences (R4, ``concept-map-equivalence``) that state a mapping. The other
 #: two, ``unmatched`` and ``disjoint``, state that there is none and are refused.
 MAPPING_EQUIVALENCES = frozenset(

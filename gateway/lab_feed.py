@@ -19,6 +19,7 @@ from adapters.types import FhirJson, Hl7v2Feed
 
 from .group_commit import GroupCommit
 from .identity import NATIONAL_ID_SYSTEM
+from .lab_codes import LabCodeMap
 from .registry import Facility, Registry
 from .storage import Demographics, Hl7Record, LabResult, Store
 
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class LabFeed:
-    def __init__(self, registry: Registry, store: Store) -> None:
+    def __init__(self, registry: Registry, store: Store, codes: LabCodeMap) -> None:
+        self._codes = codes
         self._senders = {
             f.lab.sending_facility: f for f in registry if isinstance(f.lab, Hl7v2Feed)
         }
@@ -57,7 +59,7 @@ class LabFeed:
                     f"MSH-4: unknown sending facility {oru.sending_facility!r}",
                     control_id=oru.control_id,
                 )
-            record = _record(facility, oru, raw)
+            record = _record(facility, oru, raw, self._codes)
         except Hl7Error as err:
             await self._keep_rejected(message, raw, err)
             return build_ack(message, err.code, err.text, now=now)
@@ -84,7 +86,7 @@ class LabFeed:
             log.exception("a rejected message could not be kept")
 
 
-def _record(facility: Facility, oru: OruMessage, raw: str) -> Hl7Record:
+def _record(facility: Facility, oru: OruMessage, raw: str, codes: LabCodeMap) -> Hl7Record:
     national = next((v for s, v in oru.patient_identifiers if s == NATIONAL_ID_SYSTEM), None)
     local = next(
         ((s, v) for s, v in oru.patient_identifiers if s == facility.mrn_system),
@@ -106,11 +108,12 @@ def _record(facility: Facility, oru: OruMessage, raw: str) -> Hl7Record:
             resource_id=r["id"],
             resource=r,
             person_key=national,
-            code=_code(r),
+            code=codes.standard_code(r) or _code(r),
             effective=_when(r.get("effectiveDateTime")),
             source_message_id=oru.control_id,
         )
-        for r in (*oru.reports, *oru.observations)
+        # Local item codes gain their LOINC coding: the same test from two hospitals is one.
+        for r in map(codes.translate, (*oru.reports, *oru.observations))
     )
     identities: tuple[tuple[str, str, str, str | None], ...] = ()
     if national is not None:

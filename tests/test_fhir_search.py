@@ -20,6 +20,7 @@ from fhirapi import patients as fhir_patients
 from fhirapi import search as fhir_search
 from fhirapi.search import capability_statement
 from gateway.identity import NATIONAL_ID_SYSTEM
+from gateway.lab_codes import LOCAL_SYSTEM_PREFIX, LOINC_SYSTEM, LabCodeMap
 from gateway.registry import load_registry
 from seeds.hl7_sender import messages_for_facility, parse_ack
 from tests.city import City, open_gateway
@@ -322,6 +323,48 @@ async def test_filters_category_status_identifier_last_updated(
     )
     old = matches(await gateway.get("/fhir/Observation", **base, _lastUpdated="lt2000"))
     assert not [o for o in old if "lastUpdated" in o.get("meta", {})]
+
+
+async def test_the_same_test_from_two_hospitals_is_one_loinc_code(
+    gateway: Gateway, city: City
+) -> None:
+    """Facilities whose laboratory systems know only their own item codes (FHIR or HL7 v2)
+    answer a search by LOINC: the gateway asks each in its own codes and every result carries
+    the LOINC coding from the city's ConceptMap."""
+    codes = LabCodeMap.load()
+    person = richest_person(city)
+    local_feed = next(
+        fid for fid in feeds(city, person) if codes.has_local_codes(LOCAL_SYSTEM_PREFIX + fid)
+    )
+    await send_as(gateway, city, local_feed, person)
+    pid = matches(
+        await gateway.get(
+            "/fhir/Patient", identifier=f"{NATIONAL_ID_SYSTEM}|{person['national_id']}"
+        )
+    )[0]["id"]
+    everything = matches(await gateway.get("/fhir/Observation", patient=pid, _count="500"))
+    by_loinc: dict[str, set[str]] = {}
+    for o in everything:
+        loinc = codes.standard_code(o)
+        assert loinc is not None, o["code"]
+        assert any(c["system"] == LOINC_SYSTEM for c in o["code"]["coding"])
+        by_loinc.setdefault(loinc, set()).add(o["meta"]["source"].removeprefix(FACILITY_SOURCE))
+    local_sources = {f for fs in by_loinc.values() for f in fs} & {
+        s.removeprefix(LOCAL_SYSTEM_PREFIX) for s in codes.sources
+    }
+    assert local_feed in local_sources
+    # An item held by a facility with local codes and by another facility.
+    loinc = max(by_loinc, key=lambda k: (bool(by_loinc[k] & local_sources), len(by_loinc[k])))
+    assert len(by_loinc[loinc]) >= 2 and by_loinc[loinc] & local_sources
+    found = matches(
+        await gateway.get(
+            "/fhir/Observation", patient=pid, code=f"{LOINC_SYSTEM}|{loinc}", _count="500"
+        )
+    )
+    assert {o["id"] for o in found} == {
+        o["id"] for o in everything if codes.standard_code(o) == loinc
+    }
+    assert {o["meta"]["source"].removeprefix(FACILITY_SOURCE) for o in found} == by_loinc[loinc]
 
 
 @pytest.mark.parametrize(

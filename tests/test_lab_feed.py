@@ -12,6 +12,7 @@ import pytest
 
 from adapters.mllp import MllpConnection, frame
 from adapters.types import Hl7v2Feed
+from gateway.lab_codes import LabCodeMap
 from gateway.lab_feed import LabFeed
 from gateway.registry import load_registry
 from gateway.storage import Store, database_url_for
@@ -59,7 +60,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def listener(store_url: str) -> AsyncIterator[Listener]:
     store = await Store.open(store_url)
-    feed = LabFeed(REGISTRY, store)
+    feed = LabFeed(REGISTRY, store, LabCodeMap.load())
     port = free_port()
     await feed.start("127.0.0.1", port)
     try:
@@ -171,7 +172,7 @@ async def test_acknowledged_messages_survive_a_restart(city: City, tmp_path: Pat
     )
     url = database_url_for(tmp_path, None)
     store = await Store.open(url)
-    feed = LabFeed(REGISTRY, store)
+    feed = LabFeed(REGISTRY, store, LabCodeMap.load())
     port = free_port()
     await feed.start("127.0.0.1", port)
     acks = await _send(port, messages)
@@ -198,7 +199,7 @@ async def test_no_aa_when_the_store_fails(
         raise OSError("disk full")
 
     monkeypatch.setattr(store, "record_hl7", broken)
-    feed = LabFeed(REGISTRY, store)
+    feed = LabFeed(REGISTRY, store, LabCodeMap.load())
     port = free_port()
     await feed.start("127.0.0.1", port)
     try:
