@@ -14,6 +14,8 @@ from sqlalchemy import func, select, text
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.storage import (
+    Demographics,
+    Hl7Record,
     Identifier,
     IdentityConflict,
     LabResult,
@@ -396,3 +398,70 @@ async def test_store_persists_across_close_and_reopen(store_url: str) -> None:
         assert await store.put_lab_results([observation("o1", person=PERSON_A)]) == 0
     finally:
         await store.close()
+
+
+def hl7_record(control: str, result_id: str) -> Hl7Record:
+    obs = observation(result_id)
+    return Hl7Record(
+        facility_id="F001",
+        control_id=control,
+        status="stored",
+        raw=f"MSH|...|{control}",
+        results=(obs,),
+        identities=((PERSON_A, MRN_F001, "M0001", "F001"),),
+        demographics=Demographics(PERSON_A, ({"text": "张三", "family": "张"},), "male"),
+    )
+
+
+async def test_two_writers_never_both_take_a_message_as_new(store_url: str) -> None:
+    """Two gateway processes (two stores) writing the same messages at once: each message is
+    new to exactly one of them, and stored once."""
+    a, b = await Store.open(store_url), await Store.open(store_url)
+    try:
+        batch = [hl7_record(f"C{i}", f"r{i}") for i in range(200)]
+        first, second = await asyncio.gather(a.record_hl7(batch), b.record_hl7(batch))
+        assert all(x != y for x, y in zip(first, second, strict=True))
+        held = await a.lab_results_for(patient=(MRN_F001, "M0001"), limit=1000)
+        assert len(held) == 200
+        assert len(await a.hl7_messages(limit=1000)) == 200
+        # A repeat within one batch is a repeat too.
+        assert await a.record_hl7([hl7_record("D1", "d1"), hl7_record("D1", "d1")]) == [
+            True,
+            False,
+        ]
+        person = await a.person_by_key(PERSON_A)
+        assert person is not None and person.gender == "male"
+        assert person.names[0]["text"] == "张三"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_people_keep_what_a_later_source_leaves_out(store: Store) -> None:
+    """Demographics merge: a source without a name keeps the name; search by name part,
+    gender and birth date bounds."""
+    await store.put_people(
+        [
+            Demographics(
+                PERSON_A,
+                ({"text": "张三丰", "family": "张", "given": ["三丰"]},),
+                "male",
+                "1950-04-09",
+                "seed",
+            )
+        ]
+    )
+    await store.link_identity(PERSON_A, MRN_F001, "M0001", facility_id="F001", source="t")
+    await store.put_people([Demographics(PERSON_A, (), None, None, "hl7")])
+    person = await store.person_by_key(PERSON_A)
+    assert person is not None and person.names[0]["text"] == "张三丰"
+    assert person.birth_date == "1950-04-09" and person.gender == "male"
+    assert await store.person(person.patient_id) == person
+    for name in ("张", "张三", "三丰", "三"):
+        found = await store.search_people(name=name)
+        assert [p.person_key for p in found] == [PERSON_A], name
+    assert await store.search_people(name="丰") == []
+    assert await store.search_people(name="%") == []  # LIKE wildcards are plain text
+    assert await store.search_people(name="张", gender="female") == []
+    assert await store.search_people(name="张", birth_date=[("ge", "1950"), ("lt", "1951")])
+    assert not await store.search_people(name="张", birth_date=[("ge", "1951")])
