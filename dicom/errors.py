@@ -55,3 +55,16 @@ async def failure_response() -> AsyncIterator[None]:
         raise dicom_error(502, f"the facility failed: {exc.detail}") from None
     except TimeoutError:
         raise dicom_error(504, "the facility did not answer in time") from None
+
+
+def refusal(
+    request: web.Request, status: int, code: str, text: str, headers: Mapping[str, str]
+) -> web.Response:
+    """A refusal by the gateway's door (401, 403, 429) in DICOMweb's form."""
+    body = [{"00000902": {"vr": "LO", "Value": [text[:64]]}}]
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/dicom+json",
+        headers=headers,
+    )

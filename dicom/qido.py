@@ -9,6 +9,8 @@ from aiohttp import web
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from gateway.federation import FederatedResult, OutcomeStatus
+from gateway.guard import access_of
+from gateway.identity import is_national_id, resolve_person
 from gateway.registry import Registry
 from gateway.web import CORE
 
@@ -68,15 +70,42 @@ async def search_studies(request: web.Request) -> web.Response:
     facility_id = request.match_info.get("facility")
     if facility_id is not None and core.registry.get(facility_id) is None:
         raise dicom_error(404, f"no facility {facility_id}")
+    access = access_of(request)
+    person = await _named_patient(request, match)
+    if person is not None:
+        await core.policy.patient(access, person, "ImagingStudy", "s", only_at=facility_id)
+    else:
+        core.policy.require_scope(access, "ImagingStudy", "s")
     result = await core.imaging.search_studies(
         match,
         facility_ids=None if facility_id is None else [facility_id],
         limit=offset + limit,
         include=parse_include(request.query),
     )
+    if person is None:  # results may be anyone's: each is shown only to who may see it
+        result.items = [
+            (fid, ds)
+            for fid, ds in result.items
+            if await core.policy.may_read(access, await core.imaging.person_of(fid, ds), fid)
+        ]
+    access.holders.update(fid for fid, _ in result.items)
     base = f"{request.scheme}://{request.host}"
     datasets = [annotate(ds, fid, core.registry, base) for fid, ds in result.items]
     return _federated_response(result, datasets[offset : offset + limit])
+
+
+async def _named_patient(request: web.Request, match: dict[str, str]) -> str | None:
+    """The person a search names by PatientID (national ID, or an MRN with its issuer; an
+    MRN alone at a facility's own endpoint), if the gateway knows them."""
+    patient_id = match.get("PatientID", "")
+    if not patient_id or "*" in patient_id or "?" in patient_id:
+        return None
+    core = request.app[CORE]
+    issuer = match.get("IssuerOfPatientID")
+    facility_id = request.match_info.get("facility")
+    if issuer is None and facility_id is not None and not is_national_id(patient_id):
+        return await core.store.person_for(core.registry[facility_id].mrn_system, patient_id)
+    return await resolve_person(core.store, core.registry, patient_id, issuer)
 
 
 def annotate(ds: dict[str, Any], fid: str, registry: Registry, base: str) -> dict[str, Any]:

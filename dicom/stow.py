@@ -16,6 +16,7 @@ from aiohttp import BodyPartReader, web
 
 from adapters.part10 import identify
 from adapters.types import StoredInstance
+from gateway.guard import access_of
 from gateway.web import CORE
 
 from .errors import dicom_error, failure_response
@@ -37,6 +38,7 @@ async def store(request: web.Request) -> web.Response:
     fid = request.match_info["facility"]
     if core.registry.get(fid) is None:
         raise dicom_error(404, f"no facility {fid}")
+    core.policy.store(access_of(request), fid)
     if (
         request.content_type != "multipart/related"
         or "application/dicom" not in request.headers.get("Content-Type", "")

@@ -20,6 +20,8 @@ from aiohttp import web
 
 from adapters.multipart import Part, multipart_body, new_boundary, related_content_type
 from adapters.types import RetrievedInstance, Target
+from gateway.errors import Forbidden, NotFound
+from gateway.guard import access_of
 from gateway.web import CORE
 
 from . import render
@@ -43,13 +45,46 @@ def _target(request: web.Request) -> Target:
     return Target(study, _uid(request, "series"), _uid(request, "instance"))
 
 
+async def authorized_holder(request: web.Request, study: str) -> str:
+    """The facility holding the study, once the asker may read it (else 403, audited)."""
+    core = request.app[CORE]
+    access = access_of(request)
+    async with failure_response():
+        fid = await core.imaging.holder(request.match_info.get("facility"), study)
+        try:
+            person = await core.imaging.study_patient(fid, study)
+        except NotFound:
+            if request.method == "GET" and request.path.endswith(("/series", "/instances")):
+                raise NothingThere(fid) from None  # a search that finds nothing: empty
+            raise
+    access.holders.add(fid)
+    if person is not None:
+        await core.policy.patient(access, person, "ImagingStudy", "r", only_at=fid)
+    else:
+        core.policy.require_scope(access, "ImagingStudy", "r")
+        if not await core.policy.may_read(access, None, fid):
+            raise Forbidden("the study's patient is not known here: only its facility reads it")
+    return fid
+
+
+class NothingThere(Exception):
+    """The searched study is not at the facility: the search answers empty."""
+
+    def __init__(self, fid: str) -> None:
+        self.fid = fid
+
+
 async def search_series(request: web.Request) -> web.Response:
     core = request.app[CORE]
     target = _target(request)
     match, limit, offset = parse_match(request.query)
+    try:
+        holder = await authorized_holder(request, target.study)
+    except NothingThere as empty:
+        return _answer(request, empty.fid, [])
     async with failure_response():
         fid, found = await core.imaging.search_series(
-            request.match_info.get("facility"),
+            holder,
             target.study,
             match,
             offset + limit,
@@ -62,9 +97,13 @@ async def search_instances(request: web.Request) -> web.Response:
     core = request.app[CORE]
     target = _target(request)
     match, limit, offset = parse_match(request.query)
+    try:
+        holder = await authorized_holder(request, target.study)
+    except NothingThere as empty:
+        return _answer(request, empty.fid, [])
     async with failure_response():
         fid, found = await core.imaging.search_instances(
-            request.match_info.get("facility"),
+            holder,
             target.study,
             target.series,
             match,
@@ -76,10 +115,10 @@ async def search_instances(request: web.Request) -> web.Response:
 
 async def metadata(request: web.Request) -> web.Response:
     core = request.app[CORE]
+    target = _target(request)
+    holder = await authorized_holder(request, target.study)
     async with failure_response():
-        fid, found = await core.imaging.metadata(
-            request.match_info.get("facility"), _target(request)
-        )
+        fid, found = await core.imaging.metadata(holder, target)
     base = f"{request.scheme}://{request.host}/facilities/{fid}/dicomweb"
     body = json.dumps([_own_bulkdata(ds, base) for ds in found], ensure_ascii=False).encode()
     return web.Response(body=body, content_type=DICOM_JSON, headers={"Huren-Facility": fid})
@@ -147,10 +186,10 @@ def _drop_bulkdata(ds: dict[str, Any]) -> dict[str, Any]:
 async def retrieve(request: web.Request) -> web.StreamResponse:
     core = request.app[CORE]
     accepted = _accepted_syntaxes(request)
+    target = _target(request)
+    holder = await authorized_holder(request, target.study)
     async with failure_response():
-        fid, instances = await core.imaging.retrieve(
-            request.match_info.get("facility"), _target(request)
-        )
+        fid, instances = await core.imaging.retrieve(holder, target)
     boundary = new_boundary()
     resp = web.StreamResponse(
         headers={"Content-Type": related_content_type(boundary), "Huren-Facility": fid}
@@ -218,7 +257,7 @@ async def _one_instance(request: web.Request) -> tuple[str, bytes]:
     """The named instance, or the middle one of the named series or study, read whole."""
     core = request.app[CORE]
     target = _target(request)
-    facility = request.match_info.get("facility")
+    facility = await authorized_holder(request, target.study)
     if target.instance is None:
         async with failure_response():
             fid, found = await core.imaging.search_instances(

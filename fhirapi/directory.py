@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.guard import access_of
 from gateway.registry import Facility
 from gateway.web import CORE
 
@@ -54,11 +55,13 @@ def endpoint(f: Facility, base: str) -> dict[str, Any]:
 
 
 async def read_organization(request: web.Request) -> web.Response:
+    request.app[CORE].policy.require_scope(access_of(request), "Organization", "r")
     f = _facility(request, request.match_info["id"])
     return fhir_response(organization(f, base_url(request)))
 
 
 async def search_organizations(request: web.Request) -> web.Response:
+    request.app[CORE].policy.require_scope(access_of(request), "Organization", "s")
     registry = request.app[CORE].registry
     params = request.query
     P.check_known(params, {"_id", "identifier", "name", "_count"})
@@ -75,6 +78,7 @@ async def search_organizations(request: web.Request) -> web.Response:
 
 
 async def read_endpoint(request: web.Request) -> web.Response:
+    request.app[CORE].policy.require_scope(access_of(request), "Endpoint", "r")
     rid = request.match_info["id"]
     f = _facility(request, rid.removesuffix("-wado"))
     if not rid.endswith("-wado"):

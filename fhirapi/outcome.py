@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -34,3 +35,12 @@ class FhirError(web.HTTPException):
             text=json.dumps(outcome("error", code, text), ensure_ascii=False),
             content_type=FHIR_JSON,
         )
+
+
+def refusal(
+    request: web.Request, status: int, code: str, text: str, headers: Mapping[str, str]
+) -> web.Response:
+    """A refusal by the gateway's door (401, 403, 429) as an OperationOutcome."""
+    response = fhir_response(outcome("error", code, text), status=status)
+    response.headers.update(headers)
+    return response

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.guard import access_of
 from gateway.identity import NATIONAL_ID_SYSTEM, resolve_person
 from gateway.storage import Person, name_matches
 from gateway.web import CORE
@@ -75,9 +76,13 @@ async def person_for_identifier(request: web.Request, system: str, value: str) -
 
 
 async def read_patient(request: web.Request) -> web.Response:
-    found = await request.app[CORE].store.person(request.match_info["id"])
+    core = request.app[CORE]
+    access = access_of(request)
+    core.policy.require_scope(access, "Patient", "r")
+    found = await core.store.person(request.match_info["id"])
     if found is None:
         raise FhirError(404, "not-found", f"Patient/{request.match_info['id']} is not known")
+    await core.policy.patient(access, found.person_key, "Patient", "r")
     return fhir_response(await patient_resource(request, found))
 
 
@@ -88,6 +93,7 @@ async def search_patients(request: web.Request) -> web.Response:
     by birth date or gender alone.
     """
     params = request.query
+    request.app[CORE].policy.require_scope(access_of(request), "Patient", "s")
     P.check_known(params, SEARCH_PARAMS)
     limit = P.count(params, MAX_PATIENTS, MAX_PATIENTS)
     if not ({"_id", "identifier", "name"} & set(params)):
@@ -115,7 +121,13 @@ async def search_patients(request: web.Request) -> web.Response:
     else:
         assert name is not None
         people = await store.search_people(name=name, gender=gender, birth_date=bounds, limit=limit)
-    people = [p for p in people if _matches(p, name, gender, bounds)][:limit]
+    people = [p for p in people if _matches(p, name, gender, bounds)]
+    # Only people the asker may see are listed (a name search is not a way round the rules).
+    access = access_of(request)
+    policy = request.app[CORE].policy
+    people = [p for p in people if await policy.visible(access, p.person_key)][:limit]
+    if len(people) == 1:
+        access.patient = people[0].person_key
     resources = [await patient_resource(request, p) for p in people]
     return fhir_response(bundle(request, resources))
 
@@ -142,10 +154,13 @@ async def ihe_pix(request: web.Request) -> web.Response:
     if not system or not value:
         raise FhirError(400, "required", "sourceIdentifier=system|value is required")
     targets = set(request.query.getall("targetSystem", []))
+    access = access_of(request)
+    core.policy.require_scope(access, "Patient", "r")
     found = await person_for_identifier(request, system, value)
     if found is None:
         # PIXm: an unknown source identifier is 404 with an OperationOutcome (ITI-83 3.83.4.2.3)
         raise FhirError(404, "not-found", "sourceIdentifier is not known")
+    await core.policy.patient(access, found.person_key, "Patient", "r")
     identifiers = [(NATIONAL_ID_SYSTEM, found.person_key)] + [
         (i.system, i.value)
         for i in await core.store.identifiers_for(found.person_key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import directory, patients, search
+from . import audit_events, directory, patients, search
 
 
 def setup(app: web.Application) -> None:
@@ -16,4 +16,9 @@ def setup(app: web.Application) -> None:
     r.add_get("/fhir/Organization", directory.search_organizations)
     r.add_get("/fhir/Organization/{id}", directory.read_organization)
     r.add_get("/fhir/Endpoint/{id}", directory.read_endpoint)
+    r.add_get("/fhir/AuditEvent", audit_events.search)
+    r.add_get("/fhir/AuditEvent/{id}", audit_events.read)
+    for path in ("/fhir/AuditEvent", "/fhir/AuditEvent/{id}"):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            r.add_route(method, path, audit_events.refuse_change)
     r.add_get("/fhir/{type}", search.search)

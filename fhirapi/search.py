@@ -18,6 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.federation import FederatedResult
+from gateway.guard import access_of
 from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab import LabQuery
 from gateway.search_terms import has_coding
@@ -104,6 +105,11 @@ async def search(request: web.Request) -> web.Response:
     if "_getpages" in request.query:
         return await _page(request, rtype)
     criteria = await _criteria(request, rtype)
+    access = access_of(request)
+    if criteria.person is not None:
+        await request.app[CORE].policy.patient(access, criteria.person.person_key, rtype, "s")
+    else:
+        request.app[CORE].policy.require_scope(access, rtype, "s")
     found = await _run(request, criteria)
     matches = [
         _entry(request, _as_ours(resource, criteria.person, fid), "match")
@@ -112,10 +118,15 @@ async def search(request: web.Request) -> web.Response:
     ]
     if criteria.oldest_first:
         matches.reverse()  # the services answer newest first
+    access.holders.update(_holder(e["resource"]) for e in matches)
     if criteria.summary_count:
         return fhir_response(_searchset(request, len(matches), [], None))
     included, links = await _included(request, criteria, [e["resource"] for e in matches])
     kept = {
+        # Who ran the search, and whose records it holds: only they page through it.
+        "subject": access.principal.subject if access.principal else None,
+        "patient": access.patient,
+        "holders": sorted(access.holders),
         "total": len(matches),
         "matches": matches,
         "outcomes": _outcome_entries(found),
@@ -267,6 +278,10 @@ def _as_ours(resource: dict[str, Any], person: Person | None, fid: str) -> dict[
     return out
 
 
+def _holder(resource: dict[str, Any]) -> str:
+    return str(resource.get("meta", {}).get("source", "")).removeprefix(FACILITY_SOURCE_PREFIX)
+
+
 def _entry(request: web.Request, resource: dict[str, Any], mode: str) -> dict[str, Any]:
     return {
         "fullUrl": f"{base_url(request)}/{resource['resourceType']}/{resource.get('id')}",
@@ -333,7 +348,14 @@ async def _page(request: web.Request, rtype: str) -> web.Response:
     raw = await request.app[CORE].cache.get(f"fhir-page:{key}") if key.isalnum() else None
     if raw is None:
         raise FhirError(410, "not-found", "this search has expired: run it again")
-    return fhir_response(_paged(request, rtype, key, json.loads(raw), max(offset, 0), size))
+    kept = json.loads(raw)
+    access = access_of(request)
+    if access.principal is None or kept["subject"] != access.principal.subject:
+        raise FhirError(410, "not-found", "this search has expired: run it again")
+    access.patient = kept["patient"]
+    access.holders.update(kept["holders"])
+    access.resource_type = rtype
+    return fhir_response(_paged(request, rtype, key, kept, max(offset, 0), size))
 
 
 def _paged(

@@ -8,19 +8,30 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import dicom.errors
 import dicom.routes
+import fhirapi.outcome
 import fhirapi.routes
 from dicom.scp import GatewayScp
 
+from . import admin
 from .config import Settings
 from .core import open_core
+from .guard import RENDERERS, Renderer, audit_before_answering, guard
 from .lab_feed import LabFeed
 from .metrics import REGISTRY
 from .web import CORE, observe
 
 
 def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
-    app = web.Application(middlewares=[observe], client_max_size=64 * 1024**2)
+    app = web.Application(middlewares=[observe, guard], client_max_size=64 * 1024**2)
+    app.on_response_prepare.append(audit_before_answering)
+    renderers: dict[str, Renderer] = {
+        "/fhir": fhirapi.outcome.refusal,
+        "/dicomweb": dicom.errors.refusal,
+        "/facilities/": dicom.errors.refusal,
+    }
+    app[RENDERERS] = renderers
 
     async def core_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_core(settings, probe=probe) as core:
@@ -41,6 +52,7 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
     app.router.add_get("/metrics", metrics)
     dicom.routes.setup(app)
     fhirapi.routes.setup(app)
+    admin.setup(app)
     return app
 
 

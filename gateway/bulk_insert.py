@@ -61,7 +61,7 @@ async def insert_many(
     per_chunk = max(1, _SQLITE_MAX_VARIABLES // len(columns))
     for start in range(0, len(prepared), per_chunk):
         chunk = prepared[start : start + per_chunk]
-        sql = _sqlite_sql(table, tuple(columns), conflict, tuple(returning), len(chunk))
+        sql = _sqlite_sql(table, tuple(columns), conflict, tuple(returning), len(chunk), dialect)
         result = await conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
         if returning:
             out += [tuple(r) for r in result]
@@ -81,14 +81,14 @@ def _processors(
     return out
 
 
-def _conflict_clause(conflict: tuple[str, ...] | None) -> str:
+def _conflict_clause(conflict: tuple[str, ...] | None, q: Callable[[str], str]) -> str:
     if conflict is None:
         return ""
-    return f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    return f" ON CONFLICT ({', '.join(map(q, conflict))}) DO NOTHING"
 
 
-def _returning_clause(returning: tuple[str, ...]) -> str:
-    return f" RETURNING {', '.join(returning)}" if returning else ""
+def _returning_clause(returning: tuple[str, ...], q: Callable[[str], str]) -> str:
+    return f" RETURNING {', '.join(map(q, returning))}" if returning else ""
 
 
 @cache
@@ -99,20 +99,22 @@ def _postgres_sql(
     returning: tuple[str, ...],
     dialect: Dialect,
 ) -> str:
+    q = dialect.identifier_preparer.quote
+    names = [q(name) for name in columns]
     arrays, selected = [], []
     for n, name in enumerate(columns, start=1):
         type_ = table.c[name].type
         if isinstance(type_, JSON):
             arrays.append(f"${n}::text[]")
-            selected.append(f"{name}::json")
+            selected.append(f"{q(name)}::json")
         else:
             arrays.append(f"${n}::{type_.compile(dialect)}[]")
-            selected.append(name)
+            selected.append(q(name))
     return (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        f"INSERT INTO {q(table.name)} ({', '.join(names)}) "
         f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) "
-        f"AS u({', '.join(columns)})"
-        f"{_conflict_clause(conflict)}{_returning_clause(returning)}"
+        f"AS u({', '.join(names)})"
+        f"{_conflict_clause(conflict, q)}{_returning_clause(returning, q)}"
     )
 
 
@@ -123,9 +125,12 @@ def _sqlite_sql(
     conflict: tuple[str, ...] | None,
     returning: tuple[str, ...],
     n_rows: int,
+    dialect: Dialect,
 ) -> str:
+    q = dialect.identifier_preparer.quote
     row = f"({', '.join('?' * len(columns))})"
     return (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * n_rows)}"
-        f"{_conflict_clause(conflict)}{_returning_clause(returning)}"
+        f"INSERT INTO {q(table.name)} ({', '.join(map(q, columns))}) "
+        f"VALUES {', '.join([row] * n_rows)}"
+        f"{_conflict_clause(conflict, q)}{_returning_clause(returning, q)}"
     )

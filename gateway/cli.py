@@ -1,4 +1,4 @@
-"""The `huren` command: demo, serve, simulate, seed (DESIGN.md contract table)."""
+"""The `huren` command: demo, serve, simulate, seed, token (DESIGN.md contract table)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import Settings
 from .errors import GatewayError
 from .logs import setup_logging
+from .tokens import ROLES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--patients", type=int, default=100)
     seed.add_argument("--seed", type=int, default=20261124)
     seed.set_defaults(run=_run_seed)
+
+    token = sub.add_parser(
+        "token", help="print a bearer token signed with the data dir's dev keys (demo, tests)"
+    )
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--facility", help="registry id the user acts for (clinician, integrator)")
+    token.add_argument("--subject", help="the token's sub (default dev-ROLE)")
+    token.add_argument(
+        "--scope", help='space-separated SMART scopes (default by role, e.g. "user/*.rs")'
+    )
+    token.add_argument(
+        "--purpose", help="purpose of use, a v3-ActReason code (default TREAT for clinicians)"
+    )
+    token.add_argument("--patient", help="the gateway's Patient.id (required for residents)")
+    token.add_argument("--name", help="the user's display name")
+    token.add_argument(
+        "--lifetime", type=float, default=8 * 3600, help="seconds until it expires (default 8 h)"
+    )
+    token.set_defaults(run=_run_token)
     return p
 
 
@@ -139,6 +159,39 @@ def _run_simulate(args: argparse.Namespace, settings: Settings) -> int:
             move_destinations=moves,
         )
     )
+    return 0
+
+
+def _run_token(args: argparse.Namespace, settings: Settings) -> int:
+    from .tokens import DEV_ISSUER, dev_keys, mint
+
+    private_pem, jwks = dev_keys(settings.data_dir)
+    purpose = args.purpose or ("TREAT" if args.role == "clinician" else None)
+    try:
+        token = mint(
+            private_pem,
+            jwks["keys"][0]["kid"],
+            subject=args.subject or f"dev-{args.role}",
+            role=args.role,
+            facility=args.facility,
+            scopes=args.scope,
+            purpose_of_use=purpose,
+            patient=args.patient,
+            name=args.name,
+            lifetime=args.lifetime,
+            issuer=settings.auth_issuer or DEV_ISSUER,
+            audience=settings.auth_audience,
+        )
+    except ValueError as exc:
+        print(f"huren token: {exc}", file=sys.stderr)
+        return 2
+    if settings.auth_jwks is not None:
+        print(
+            f"huren token: warning: the gateway verifies with {settings.auth_jwks}, "
+            "which accepts this dev token only if it lists the dev key",
+            file=sys.stderr,
+        )
+    print(token)
     return 0
 
 

@@ -51,9 +51,25 @@ class Settings:
     probe_interval: float = 30.0
     #: C-MOVE destinations the SCP may send to: "AE=host:port,AE2=host:port".
     move_destinations: str = ""
+    #: Where the keys that sign bearer tokens are: a JWKS file or an http(s) URL of one.
+    #: None: the dev key pair in the data dir's keys/, which `huren token` signs with.
+    auth_jwks: str | None = None
+    #: The issuer (iss) tokens must name. None: "urn:huren:dev", the dev keys' issuer;
+    #: required with auth_jwks, so a real provider's tokens are bound to it.
+    auth_issuer: str | None = None
+    #: The audience (aud) tokens must hold.
+    auth_audience: str = "huren"
     log_level: str = "INFO"
     #: "json" (structured, for machines) or "text" (for people at a terminal).
     log_format: str = "json"
+    #: Write an audit record of every access before answering. Off only to measure what it
+    #: costs (bench/lookups.py): the contract is that it is on.
+    audit: bool = True
+    #: Requests a minute per user and per facility (0: no limit); over it, 429.
+    rate_limit_user: int = 1200
+    rate_limit_facility: int = 60000
+    #: Seconds a facility's answer to a study search is reused (0: never).
+    query_cache_ttl: float = 10.0
 
     @classmethod
     def load(

@@ -13,15 +13,20 @@ import aiohttp
 
 from adapters.archive import Archive
 
+from .access import Policy
+from .audit import AuditTrail
 from .cache import Cache, open_cache
 from .config import Settings
 from .federation import Federation, FederationPolicy
 from .imaging import ImagingService
 from .lab import LabService
 from .lab_codes import DEFAULT_PATH, LabCodeMap
+from .lookup_stats import LookupCounters
+from .rate_limit import RateLimiter
 from .readiness import Prober
 from .registry import Registry, load_registry
 from .storage import Store, database_url_for
+from .tokens import TokenVerifier
 from .upstreams import Upstreams
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,11 @@ class Core:
     imaging: ImagingService
     lab: LabService
     lab_codes: LabCodeMap
+    tokens: TokenVerifier
+    policy: Policy
+    audit: AuditTrail
+    lookups: LookupCounters
+    rate_limiter: RateLimiter
     prober: Prober
     executor: ThreadPoolExecutor
 
@@ -75,6 +85,15 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         dimse_timeout=max(settings.federation_deadline * 2, 5),
     )
     prober = Prober(registry, upstreams)
+    tokens = await asyncio.to_thread(
+        TokenVerifier.for_settings,
+        settings.data_dir,
+        settings.auth_jwks,
+        settings.auth_issuer,
+        settings.auth_audience,
+    )
+    lookups = LookupCounters(cache)
+    audit = AuditTrail(store, lookups, enabled=settings.audit)
     core = Core(
         settings=settings,
         registry=registry,
@@ -83,13 +102,23 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         archive=archive,
         federation=federation,
         upstreams=upstreams,
-        imaging=ImagingService(registry, federation, upstreams, store, cache),
+        imaging=ImagingService(
+            registry, federation, upstreams, store, cache, query_ttl=settings.query_cache_ttl
+        ),
         lab=LabService(registry, federation, upstreams, store, lab_codes),
         lab_codes=lab_codes,
+        tokens=tokens,
+        policy=Policy(store),
+        audit=audit,
+        lookups=lookups,
+        rate_limiter=RateLimiter(
+            cache, per_user=settings.rate_limit_user, per_facility=settings.rate_limit_facility
+        ),
         prober=prober,
         executor=executor,
     )
     probing: asyncio.Task[None] | None = None
+    audit.start()
     try:
         if probe:
             await prober.probe()
@@ -100,6 +129,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
             probing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probing
+        await audit.stop()
         await session.close()
         await upstreams.close()
         await cache.close()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
+from dataclasses import dataclass
 
 from .config import Settings
 from .core import open_core
 from .seed_import import import_seed
 from .server import start, wait_for_signal
+from .tokens import dev_keys, mint
 
 SIM_READY_TIMEOUT = 180.0
 
@@ -34,7 +37,7 @@ async def run_demo(settings: Settings, *, patients: int, seed: int, latency_ms: 
     try:
         runner = await start(settings)
         try:
-            _print_urls(settings, time.monotonic() - t0)
+            _print_urls(settings, time.monotonic() - t0, _demo_clinician(settings))
             await wait_for_signal()
             print("stopping …", flush=True)
         finally:
@@ -84,7 +87,32 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-def _print_urls(settings: Settings, seconds: float) -> None:
+@dataclass(frozen=True, slots=True)
+class DemoClinician:
+    facility: str
+    token: str
+    patient: str  # a resident under the facility's care, with records elsewhere too
+
+
+def _demo_clinician(settings: Settings) -> DemoClinician:
+    """A clinician token for the facility of a resident known at several facilities."""
+    patients = json.loads((settings.data_dir / "seed" / "patients.json").read_text("utf-8"))
+    resident = max(patients, key=lambda p: len(p["records"]))
+    facility = sorted(resident["records"])[0]
+    pem, jwks = dev_keys(settings.data_dir)
+    token = mint(
+        pem,
+        jwks["keys"][0]["kid"],
+        subject=f"demo-doctor-{facility}",
+        role="clinician",
+        facility=facility,
+        purpose_of_use="TREAT",
+        name="演示医生",
+    )
+    return DemoClinician(facility, token, resident["national_id"])
+
+
+def _print_urls(settings: Settings, seconds: float, doctor: DemoClinician) -> None:
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"""
@@ -98,8 +126,15 @@ Huren is up ({seconds:.1f} s). The city's 111 facilities are simulated on loopba
   HL7 v2 (MLLP)      {settings.host}:{settings.mllp_port}
   data dir           {settings.data_dir}
 
+A clinician of {doctor.facility} (`huren token --role clinician --facility F001` mints more):
+  clinician token    {doctor.token}
+
 Try:  curl -s {base}/readyz | python3 -m json.tool | head
-      curl -s '{base}/dicomweb/studies?ModalitiesInStudy=CT&limit=5'
+      TOKEN=<the clinician token above>
+      curl -s -H "Authorization: Bearer $TOKEN" \
+           '{base}/dicomweb/studies?PatientID={doctor.patient}'
+      curl -s -H "Authorization: Bearer $TOKEN" \
+           '{base}/fhir/Observation?patient.identifier={doctor.patient}'
       findscu -S -aec {settings.ae_title} -k QueryRetrieveLevel=STUDY -k StudyInstanceUID \
               {settings.host} {settings.dimse_port}
 

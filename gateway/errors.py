@@ -33,3 +33,25 @@ class NotFound(GatewayError, LookupError):
 
 class FacilityUnavailable(GatewayError):
     """The facility's breaker is open: it failed repeatedly and is not being asked now."""
+
+
+class Unauthenticated(GatewayError):
+    """No usable credentials: no token, or one that does not verify (401)."""
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail)
+        #: RFC 6750 error code for WWW-Authenticate; None when no token was sent at all.
+        self.error = error
+
+
+class Forbidden(GatewayError, PermissionError):
+    """Known, but not allowed to do this (403): the detail says why, for the user and the
+    audit alike."""
+
+
+class TooManyRequests(GatewayError):
+    """Over a rate limit (429); try again after ``retry_after`` seconds."""
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
+
+import orjson
 
 from adapters.errors import UpstreamError
 from adapters.types import (
@@ -19,7 +22,7 @@ from adapters.types import (
 from .cache import Cache
 from .errors import FacilityUnavailable, NotFound
 from .federation import FederatedResult, Federation
-from .identity import mrns_by_facility, resolve_person
+from .identity import is_national_id, mrns_by_facility, resolve_person
 from .registry import Registry
 from .storage import Store
 from .upstreams import Upstreams
@@ -35,7 +38,11 @@ class ImagingService:
         upstreams: Upstreams,
         store: Store,
         cache: Cache,
+        *,
+        query_ttl: float = 10.0,
     ) -> None:
+        #: Seconds a facility's answer to a study search is reused (0: never).
+        self.query_ttl = query_ttl
         self.registry = registry
         self.federation = federation
         self.upstreams = upstreams
@@ -75,9 +82,59 @@ class ImagingService:
 
         async def call(fid: str) -> list[DicomJson]:
             query = StudyQuery(match=per_facility[fid], limit=limit, include=include)
-            return await self.upstreams.imaging(fid).search_studies(query)
+            return await self._cached_studies(fid, query)
 
         return await self.federation.fan_out(targets, call, operation="search-studies")
+
+    async def _cached_studies(self, fid: str, query: StudyQuery) -> list[DicomJson]:
+        """A facility's study search, answered from the query cache for QUERY_TTL seconds.
+
+        Doctors look the same patient's studies up again and again (a ward round, a
+        consultation); a store into the facility through the gateway starts a new cache
+        generation for it, so what was just stored is found at once.
+        """
+        if self.query_ttl <= 0:
+            return await self.upstreams.imaging(fid).search_studies(query)
+        generation = await self.cache.get(f"qido-gen:{fid}") or b"0"
+        digest = hashlib.sha256(
+            orjson.dumps([query.match, query.limit, query.include], option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()[:32]
+        key = f"qido:{fid}:{generation.decode()}:{digest}"
+        cached = await self.cache.get(key)
+        if cached is not None:
+            found: list[DicomJson] = orjson.loads(cached)
+            return found
+        found = await self.upstreams.imaging(fid).search_studies(query)
+        await self.cache.set(key, orjson.dumps(found), ttl=self.query_ttl)
+        return found
+
+    async def study_patient(self, fid: str, study: str) -> str | None:
+        """The person (national ID) a study at ``fid`` belongs to, None when the gateway
+        does not know them; remembered like the study's holder."""
+        key = f"study-patient:{fid}:{study}"
+        cached = await self.cache.get(key)
+        if cached is not None:
+            return cached.decode() or None
+        query = StudyQuery(match={"StudyInstanceUID": study}, limit=1)
+        found = await self._call(fid, lambda _: self._cached_studies(fid, query))
+        if not found:
+            raise NotFound(f"{fid} holds no study {study}")
+        person = await self.person_of(fid, found[0])
+        await self.cache.set(key, (person or "").encode(), ttl=STUDY_HOLDER_TTL)
+        return person
+
+    async def person_of(self, fid: str, ds: DicomJson) -> str | None:
+        """The person a study's PatientID (at facility ``fid``) names, if known."""
+        patient_id = _first(ds, "00100020")
+        if not patient_id:
+            return None
+        issuer = _first(ds, "00100021")
+        if issuer is None:  # an MRN of the facility that answered, unless a national ID
+            facility = self.registry[fid]
+            if is_national_id(patient_id):
+                return patient_id
+            return await self.store.person_for(facility.mrn_system, patient_id)
+        return await resolve_person(self.store, self.registry, patient_id, issuer)
 
     # -- one study, at the facility that holds it -------------------------------------------
 
@@ -105,6 +162,11 @@ class ImagingService:
         if not holders:
             raise NotFound(f"no facility holds study {study}")
         await self.cache.set(key, holders[0].encode(), ttl=STUDY_HOLDER_TTL)
+        # Whose study it is comes with the answer: the access check needs it next.
+        person = await self.person_of(holders[0], result.items[0][1])
+        await self.cache.set(
+            f"study-patient:{holders[0]}:{study}", (person or "").encode(), ttl=STUDY_HOLDER_TTL
+        )
         return holders[0]
 
     async def search_series(
@@ -170,7 +232,10 @@ class ImagingService:
         without one); a DICOM status per instance."""
         if self.registry.get(facility_id) is None:
             raise NotFound(f"no facility {facility_id}")
-        return await self._call(facility_id, lambda a: a.store(instances))
+        try:
+            return await self._call(facility_id, lambda a: a.store(instances))
+        finally:  # what was stored must be found by the next search
+            await self.cache.incr(f"qido-gen:{facility_id}")
 
     def _adapter(self, fid: str) -> ImagingAdapter:
         if not self.federation.breaker(fid).allow():
@@ -201,6 +266,11 @@ class ImagingService:
 
 #: Seconds the holder of a study is remembered.
 STUDY_HOLDER_TTL = 600.0
+
+
+def _first(ds: DicomJson, tag: str) -> str | None:
+    values = (ds.get(tag) or {}).get("Value") or []
+    return str(values[0]) if values and values[0] not in (None, "") else None
 
 
 def _with_mrn(match: Mapping[str, str], mrn: str) -> dict[str, str]:

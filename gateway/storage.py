@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,7 +58,10 @@ __all__ = [
 
 #: meta.source of a resource from a facility: this prefix and the facility id.
 FACILITY_SOURCE_PREFIX: Final = "urn:huren:facility:"
-DATABASE_FILE: Final = "huren.db"  # name of the SQLite file inside the data dir
+DATABASE_FILE: Final = "huren.db"
+#: Seconds an MPI read is reused, and how many are kept (see Store.__init__).
+MPI_TTL: Final = 5.0
+MPI_CACHE_ENTRIES: Final = 50_000  # name of the SQLite file inside the data dir
 SQLITE_BUSY_TIMEOUT_MS: Final = 5_000  # how long a writer waits for SQLite's single write lock
 
 ResourceType = Literal["Observation", "DiagnosticReport"]
@@ -84,7 +88,7 @@ class IdentityConflict(GatewayError, ValueError):
         )
 
 
-class _UtcDateTime(TypeDecorator[datetime]):
+class UtcDateTime(TypeDecorator[datetime]):
     """``DateTime(timezone=True)`` that refuses naive values and always returns UTC.
 
     SQLite has no time zone type and drops the offset, so values are normalised to UTC on the
@@ -120,7 +124,7 @@ patient_identity = Table(
     Column("value", String(255), nullable=False),
     Column("facility_id", String(16), nullable=True),
     Column("source", String(255), nullable=False),  # where the link was learned
-    Column("learned_at", _UtcDateTime(), nullable=False),
+    Column("learned_at", UtcDateTime(), nullable=False),
     UniqueConstraint("system", "value", name="uq_patient_identity_system_value"),
     Index("ix_patient_identity_person_key", "person_key"),
 )
@@ -139,7 +143,7 @@ person = Table(
     Column("gender", String(16), nullable=True),
     Column("birth_date", String(10), nullable=True),
     Column("source", String(255), nullable=True),  # where the demographics were learned
-    Column("updated_at", _UtcDateTime(), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=True),
     Index("ix_person_birth_date", "birth_date"),
 )
 
@@ -154,10 +158,10 @@ lab_result = Table(
     Column("resource_type", String(32), nullable=False),
     Column("resource_id", String(64), nullable=False),
     Column("code", String(64), nullable=True),
-    Column("effective", _UtcDateTime(), nullable=True),
+    Column("effective", UtcDateTime(), nullable=True),
     Column("resource", JSON, nullable=False),
     Column("source_message_id", String(255), nullable=True),
-    Column("received_at", _UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     UniqueConstraint(
         "facility_id", "resource_type", "resource_id", name="uq_lab_result_facility_resource"
     ),
@@ -176,7 +180,7 @@ hl7_message = Table(
     Column("status", String(16), nullable=False),  # stored | rejected
     Column("error", Text, nullable=True),
     Column("raw", Text, nullable=False),  # kept whole, for inspection and replay
-    Column("received_at", _UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     # A control id is stored once; a rejected message is kept once per control id too, and a
     # corrected message may reuse the id of one that was rejected.
     UniqueConstraint("facility_id", "control_id", "status", name="uq_hl7_message_control"),
@@ -355,7 +359,7 @@ def _lab_values(r: LabResult, received_at: datetime) -> tuple[Any, ...]:
     )
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
     # Compact UTF-8 JSON (reports carry Chinese text, which ASCII escaping would triple), by
     # orjson: the standard library's encoder was a tenth of the HL7 feed's CPU.
     return orjson.dumps(value).decode()
@@ -431,7 +435,10 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._dumps = _dumps
+        self._dumps = dumps
+        # The MPI is read on every look-up and changes rarely: reads are kept MPI_TTL
+        # seconds (a link made in this process is seen at once; in another, within MPI_TTL).
+        self._mpi: dict[tuple[str, ...], tuple[float, Any]] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -451,7 +458,7 @@ class Store:
         parsed = _async_url(url)
         shown = parsed.render_as_string(hide_password=True)
         is_sqlite = parsed.get_backend_name() == "sqlite"
-        json_codec = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+        json_codec = {"json_serializer": dumps, "json_deserializer": orjson.loads}
         if is_sqlite:
             engine = create_async_engine(parsed, **json_codec)
             event.listen(engine.sync_engine, "connect", _enable_wal)
@@ -515,6 +522,7 @@ class Store:
             .on_conflict_do_nothing(index_elements=["system", "value"])
         )
         # Two rounds at most: the second only if the colliding row vanished in between.
+        self._mpi.clear()
         for _ in range(2):
             async with self._engine.begin() as conn:
                 if (await conn.execute(stmt)).rowcount:
@@ -531,8 +539,24 @@ class Store:
 
     async def person_for(self, system: str, value: str) -> str | None:
         """Return the person key linked to identifier ``system|value``, or None."""
+        key = ("p", system, value)
+        if (kept := self._kept(key)) is not None:
+            return kept[0]  # type: ignore[no-any-return]
         async with self._engine.connect() as conn:
-            return await self._person_for(conn, system, value)
+            found = await self._person_for(conn, system, value)
+        self._keep(key, (found,))
+        return found
+
+    def _kept(self, key: tuple[str, ...]) -> Any:
+        hit = self._mpi.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def _keep(self, key: tuple[str, ...], value: Any) -> None:
+        if len(self._mpi) >= MPI_CACHE_ENTRIES:
+            self._mpi.clear()
+        self._mpi[key] = (time.monotonic() + MPI_TTL, value)
 
     @staticmethod
     async def _person_for(conn: AsyncConnection, system: str, value: str) -> str | None:
@@ -543,6 +567,14 @@ class Store:
 
     async def identifiers_for(self, person_key: str) -> list[Identifier]:
         """Return every identifier linked to ``person_key``, ordered by system then value."""
+        key = ("i", person_key)
+        if (kept := self._kept(key)) is not None:
+            return list(kept)
+        found = await self._identifiers_for(person_key)
+        self._keep(key, tuple(found))
+        return found
+
+    async def _identifiers_for(self, person_key: str) -> list[Identifier]:
         stmt = (
             select(
                 patient_identity.c.system,
@@ -664,6 +696,8 @@ class Store:
         the results and identities of the new ones.
         """
         now = datetime.now(UTC)
+        if any(r.identities for r in records):
+            self._mpi.clear()
         firsts: dict[tuple[str, str, str], int] = {}  # a repeat within the batch is a repeat
         messages = []
         for n, rec in enumerate(records):

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +135,39 @@ def city(seeded_dir: Path) -> Iterator[City]:
         stop_process(proc)
 
 
+def token(data_dir: Path, role: str = "service", **claims: Any) -> str:
+    """A bearer token from the data dir's dev keys (as `huren token` mints them)."""
+    from gateway.tokens import dev_keys, mint
+
+    pem, jwks = dev_keys(data_dir)
+    claims.setdefault("subject", f"test-{role}")
+    if role == "service":  # the tests' backend client reads and stores
+        claims.setdefault("scopes", "system/*.cruds")
+    return mint(pem, jwks["keys"][0]["kid"], role=role, **claims)  # type: ignore[arg-type]
+
+
+def bearer(data_dir: Path, role: str = "service", **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(data_dir, role, **claims)}"}
+
+
 @contextlib.asynccontextmanager
 async def open_gateway(
-    city: City, *, probe: bool = False, **overrides: Any
+    city: City, *, probe: bool = False, role: str = "service", **overrides: Any
 ) -> AsyncIterator[tuple[TestClient, Settings]]:  # type: ignore[type-arg]
     """The gateway app on a real socket, on the city's data (seed imported), with its DIMSE
-    and MLLP listeners on free ports; faults are reset afterwards."""
+    and MLLP listeners on free ports; faults are reset afterwards.
+
+    The client sends a token of ``role`` (a backend service by default). Every request that
+    reaches the app is noted, and on the way out the audit trail must hold exactly one record
+    of each with its status: the audit's promise, checked on every test that uses this.
+    """
+    from aiohttp import web
+
     from gateway.app import build_app
     from gateway.core import open_core
+    from gateway.guard import PUBLIC_PATHS
     from gateway.seed_import import import_seed
+    from gateway.web import CORE
 
     values: dict[str, Any] = {
         "data_dir": city.data_dir,
@@ -149,13 +175,37 @@ async def open_gateway(
         "breaker_reset": 60,
         "dimse_port": free_port(),
         "mllp_port": free_port(),
+        # Tests inject faults between searches: answers must come from the facilities.
+        "query_cache_ttl": 0.0,
         **overrides,
     }
     settings = Settings(**values)
     async with open_core(settings, probe=False) as core:
         await import_seed(core.store, core.archive, core.registry, city.data_dir)
+    app = build_app(settings, probe=probe)
+    seen: list[tuple[str, int]] = []
+
+    @web.middleware
+    async def note(request: web.Request, handler: Any) -> web.StreamResponse:
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if request.path not in PUBLIC_PATHS:
+                seen.append((request.path, status))
+
+    app.middlewares.insert(0, note)
+    started = datetime.now(UTC)
     try:
-        async with TestClient(TestServer(build_app(settings, probe=probe))) as client:
+        async with TestClient(TestServer(app), headers=bearer(city.data_dir, role)) as client:
             yield client, settings
+            records = await app[CORE].audit.search(since=started, limit=1_000_000)
+            audited = Counter((r.path, r.status) for r in records)
+            assert audited == Counter(seen), (audited, Counter(seen))
     finally:
         city.reset()

@@ -27,7 +27,11 @@ DEADLINE = 1.0
 @pytest.fixture
 async def core(city: City) -> AsyncIterator[Core]:
     settings = Settings(
-        data_dir=city.data_dir, federation_deadline=DEADLINE, breaker_failures=3, breaker_reset=60
+        data_dir=city.data_dir,
+        federation_deadline=DEADLINE,
+        breaker_failures=3,
+        breaker_reset=60,
+        query_cache_ttl=0,  # faults are injected: every search must reach the facilities
     )
     async with open_core(settings, probe=False) as core:
         await import_seed(core.store, core.archive, core.registry, city.data_dir)

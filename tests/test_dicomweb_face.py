@@ -14,7 +14,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
 from gateway.registry import load_registry
-from tests.city import City, open_gateway
+from tests.city import City, bearer, open_gateway
 
 REGISTRY = load_registry()
 KINDS = {"dicomweb": DicomWebEndpoint, "dimse": DimseEndpoint, "archive": NoImaging}
@@ -59,7 +59,7 @@ async def test_retrieve_study_series_and_instance_byte_identical(
     study = study_dir.name
     seeded = _seed_instances(study_dir)
     path = f"/facilities/{fid}/dicomweb" if through == "facility" else "/dicomweb"
-    dw = DICOMwebClient(url=str(client.make_url(path)))
+    dw = DICOMwebClient(url=str(client.make_url(path)), headers=bearer(city.data_dir))
 
     got = await asyncio.to_thread(dw.retrieve_study, study)
     assert {ds.SOPInstanceUID for ds in got} == set(seeded)

@@ -16,7 +16,7 @@ from fhirpy import AsyncFHIRClient
 from adapters.types import FhirEndpoint, Hl7v2Feed
 from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.registry import load_registry
-from tests.city import City, open_gateway
+from tests.city import City, open_gateway, token
 
 REGISTRY = load_registry()
 
@@ -73,7 +73,9 @@ async def test_fhirpy_finds_a_patients_results_at_every_facility(
     person, each asked under its own MRN; every resource is valid R4."""
     nid, facilities = _person_with_fhir_results(city)
     assert facilities
-    client = AsyncFHIRClient(str(gateway.client.make_url("/fhir")))
+    client = AsyncFHIRClient(
+        str(gateway.client.make_url("/fhir")), authorization=f"Bearer {token(city.data_dir)}"
+    )
     search = client.resources("Observation").search(
         **{"patient.identifier": f"{NATIONAL_ID_SYSTEM}|{nid}"}
     )
@@ -262,7 +264,9 @@ async def test_paging_follows_stable_next_links(gateway: Gateway, city: City) ->
     ).json()
     want = [e["resource"]["id"] for e in whole["entry"] if e["search"]["mode"] == "match"]
     assert len(want) > 3
-    client = AsyncFHIRClient(str(gateway.client.make_url("/fhir")))
+    client = AsyncFHIRClient(
+        str(gateway.client.make_url("/fhir")), authorization=f"Bearer {token(city.data_dir)}"
+    )
     paged = await client.resources("Observation").search(**ident).limit(3).fetch_all()
     assert sorted(r["id"] for r in paged) == sorted(want)
     first = await (

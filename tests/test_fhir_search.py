@@ -23,7 +23,7 @@ from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab_codes import LOCAL_SYSTEM_PREFIX, LOINC_SYSTEM, LabCodeMap
 from gateway.registry import load_registry
 from seeds.hl7_sender import messages_for_facility, parse_ack
-from tests.city import City, open_gateway
+from tests.city import City, open_gateway, token
 
 REGISTRY = load_registry()
 FACILITY_SOURCE = "urn:huren:facility:"
@@ -264,7 +264,9 @@ async def test_search_by_patient_reference_and_includes(gateway: Gateway, city: 
     for obs in included(reports):
         assert obs["subject"]["reference"] == f"Patient/{pid}"
 
-    client = AsyncFHIRClient(str(gateway.client.make_url("/fhir")))
+    client = AsyncFHIRClient(
+        str(gateway.client.make_url("/fhir")), authorization=f"Bearer {token(city.data_dir)}"
+    )
     everything = await (
         client.resources("DiagnosticReport")
         .search(patient=pid, category="LAB")

@@ -12,7 +12,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from adapters.types import DicomWebEndpoint
 from gateway.registry import load_registry
-from tests.city import City, open_gateway
+from tests.city import City, bearer, open_gateway
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ async def test_dicomweb_client_searches_through_the_gateway(client: TestClient, 
     nid = str(patients[0]["national_id"])
 
     def search() -> list[dict[str, object]]:
-        dw = DICOMwebClient(url=url)
+        dw = DICOMwebClient(url=url, headers=bearer(city.data_dir))
         found: list[dict[str, object]] = dw.search_for_studies(search_filters={"PatientID": nid})
         return found
 

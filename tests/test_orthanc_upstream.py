@@ -104,7 +104,8 @@ async def test_orthanc_study_retrieves_byte_identical(
     fid: str,  # type: ignore[type-arg]
 ) -> None:
     """WADO-RS through the gateway, relayed from Orthanc's DICOMweb or fetched by C-GET."""
-    dw = DICOMwebClient(url=str(client.make_url(f"/facilities/{fid}/dicomweb")))
+    headers = {"Authorization": client.session.headers["Authorization"]}
+    dw = DICOMwebClient(url=str(client.make_url(f"/facilities/{fid}/dicomweb")), headers=headers)
     got = await asyncio.to_thread(dw.retrieve_study, stocked[0].StudyInstanceUID)
     assert {g.SOPInstanceUID: g.PixelData for g in got} == {
         d.SOPInstanceUID: d.PixelData for d in stocked

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -171,11 +172,17 @@ def test_huren_demo_comes_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as resp:
             ready = json.loads(resp.read())
         assert ready["status"] == "ready" and len(ready["facilities"]) == 111
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/dicomweb/studies", timeout=30
-        ) as resp:
+        token = next(line.split()[-1] for line in out.splitlines() if "clinician token" in line)
+        patient = out.split("/dicomweb/studies?PatientID=", 1)[1].split("'", 1)[0]
+        url = f"http://127.0.0.1:{port}/dicomweb/studies?PatientID={patient}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
             studies = json.loads(resp.read())
-        assert len({s["00111001"]["Value"][0] for s in studies}) > 3
+        # The demo's doctor sees the resident's studies at more than one facility.
+        assert len({s["00111001"]["Value"][0] for s in studies}) > 1
         demo.send_signal(signal.SIGINT)
         assert demo.wait(30) == 0
     finally:

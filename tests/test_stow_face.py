@@ -12,7 +12,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
 import dicom.stow
-from tests.city import City, open_gateway
+from tests.city import City, bearer, open_gateway
 from tests.test_dicomweb_face import KINDS, REGISTRY
 
 
@@ -70,7 +70,9 @@ async def test_stow_then_retrieve_through_the_gateway(
     """dicomweb-client stores into a facility; the gateway then returns the same pixels."""
     fid = _facility(kind)
     instances = _fresh_instances(city)
-    dw = DICOMwebClient(url=str(client.make_url(f"/facilities/{fid}/dicomweb")))
+    dw = DICOMwebClient(
+        url=str(client.make_url(f"/facilities/{fid}/dicomweb")), headers=bearer(city.data_dir)
+    )
     answer = await asyncio.to_thread(dw.store_instances, instances)
     assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [
         ds.SOPInstanceUID for ds in instances

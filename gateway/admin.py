@@ -1,0 +1,135 @@
+"""What the gateway says of itself and of the city's look-ups: the SMART configuration its
+clients discover, and the statistics regulators read (never a patient's data)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any, Final, get_args
+
+from aiohttp import web
+
+from .audit import audit_event, audit_lookup
+from .guard import access_of
+from .lookup_stats import Grouping, reconcile
+from .tokens import DEV_ISSUER, ROLES
+from .web import CORE
+
+#: Longest range one statistics request covers.
+MAX_DAYS: Final = 3 * 366
+STATS_ROLES: Final = ("regulator", "admin")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/.well-known/smart-configuration", smart_configuration)
+    app.router.add_get("/admin/stats/lookups", lookup_stats)
+    app.router.add_get("/admin/stats/break-glass", break_glass_stats)
+
+
+async def smart_configuration(request: web.Request) -> web.Response:
+    """SMART App Launch 2.x discovery: this gateway is a resource server; tokens come from
+    the city's authorization server (or, in the demo, from `huren token`)."""
+    settings = request.app[CORE].settings
+    body: dict[str, Any] = {
+        "issuer": settings.auth_issuer or DEV_ISSUER,
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "RS256"],
+        "scopes_supported": [
+            "system/*.rs",
+            "user/*.rs",
+            "patient/*.rs",
+            "user/ImagingStudy.rs",
+            "user/Observation.rs",
+            "user/DiagnosticReport.rs",
+            "user/AuditEvent.rs",
+        ],
+        "capabilities": [
+            "permission-v2",
+            "permission-patient",
+            "permission-user",
+            "client-confidential-asymmetric",
+        ],
+        "huren_roles": list(ROLES),
+        "huren_break_glass_header": "Huren-Break-Glass",
+    }
+    if settings.auth_jwks and settings.auth_jwks.startswith(("http://", "https://")):
+        body["jwks_uri"] = settings.auth_jwks
+    return web.json_response(body)
+
+
+async def lookup_stats(request: web.Request) -> web.Response:
+    """Cross-institution look-ups by day, requesting facility, holding facility or pair,
+    from the fast counters, or recounted from the audit (``source=audit``)."""
+    core = request.app[CORE]
+    access = access_of(request)
+    core.policy.require_role(access, *STATS_ROLES)
+    start, end = _range(request)
+    group_by = _grouping(request.query.get("group_by", "day"))
+    source = request.query.get("source", "counters")
+    if source == "counters":
+        rows = await core.lookups.query(start, end, group_by)
+    elif source == "audit":
+        rows = await reconcile(core.store.engine, start, end, group_by, table=audit_lookup)
+    else:
+        raise web.HTTPBadRequest(text="source must be counters or audit")
+    return web.json_response(
+        {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "group_by": group_by,
+            "source": source,
+            "total": sum(int(r["count"]) for r in rows),
+            "rows": rows,
+        }
+    )
+
+
+async def break_glass_stats(request: web.Request) -> web.Response:
+    """Break-the-glass accesses by requesting facility and day: flagged, and reported."""
+    from sqlalchemy import func, select
+
+    core = request.app[CORE]
+    core.policy.require_role(access_of(request), *STATS_ROLES)
+    start, end = _range(request)
+    c = audit_event.c
+    stmt = (
+        select(c.day, c.facility, func.count())
+        .where(c.break_glass.is_(True), c.day >= start.isoformat(), c.day <= end.isoformat())
+        .group_by(c.day, c.facility)
+        .order_by(c.day, c.facility)
+    )
+    async with core.store.engine.connect() as conn:
+        rows = [
+            {"day": day, "facility": facility, "count": n}
+            for day, facility, n in await conn.execute(stmt)
+        ]
+    return web.json_response(
+        {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "rows": rows,
+            "total": sum(r["count"] for r in rows),
+        }
+    )
+
+
+def _grouping(value: str) -> Grouping:
+    for grouping in get_args(Grouping):
+        if value == grouping:
+            return grouping  # type: ignore[no-any-return]
+    raise web.HTTPBadRequest(text=f"group_by must be one of {', '.join(get_args(Grouping))}")
+
+
+def _range(request: web.Request) -> tuple[date, date]:
+    try:
+        end = date.fromisoformat(request.query["to"]) if "to" in request.query else date.today()
+        start = (
+            date.fromisoformat(request.query["from"])
+            if "from" in request.query
+            else end - timedelta(days=29)
+        )
+    except ValueError:
+        raise web.HTTPBadRequest(text="from and to are dates, YYYY-MM-DD") from None
+    if end < start or (end - start).days >= MAX_DAYS:
+        raise web.HTTPBadRequest(text=f"from must be before to, at most {MAX_DAYS} days apart")
+    return start, end

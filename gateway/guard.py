@@ -1,0 +1,151 @@
+"""The door every request passes: authenticate, rate-limit, let the handler work under an
+`Access`, and write the audit record before the answer leaves (DESIGN.md, Audit).
+
+The record is written from aiohttp's ``on_response_prepare`` signal, which runs before the
+first byte of any response, streamed or not: so a WADO-RS stream, a FHIR Bundle and a 403
+are each audited once, and each only once its record is durable. A refusal is written in
+the protocol's own form by the renderer the face registered for its path prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from aiohttp import web
+
+from .access import Access
+from .errors import Forbidden, TooManyRequests, Unauthenticated
+from .tokens import Principal, TokenError
+from .web import CORE, Handler
+
+ACCESS_KEY: Final = web.RequestKey("access", Access)
+#: Answer nobody has to be authenticated for, and which touch no patient's records.
+PUBLIC_PATHS: Final = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/fhir/metadata",
+        "/.well-known/smart-configuration",
+        "/openapi.json",
+    }
+)
+#: A header a clinician sends, with a reason, to break the glass (allowed, flagged, reported).
+BREAK_GLASS_HEADER: Final = "Huren-Break-Glass"
+_MAX_REASON: Final = 500
+
+#: (request, status, code, text, headers) -> the refusal in the face's protocol.
+Renderer = Callable[[web.Request, int, str, str, Mapping[str, str]], web.Response]
+RENDERERS: Final = web.AppKey("renderers", dict[str, Renderer])
+
+
+def access_of(request: web.Request) -> Access:
+    """The request's Access (every non-public request has one)."""
+    access: Access | None = request.get(ACCESS_KEY)
+    if access is None:
+        raise Forbidden("not authenticated")
+    return access
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    access = _access(request)
+    request[ACCESS_KEY] = access
+    core = request.app[CORE]
+    try:
+        principal = _authenticate(request)
+        access.principal = principal
+        access.break_glass = _break_glass(request)
+        await core.rate_limiter.check(principal)
+        return await handler(request)
+    except Unauthenticated as exc:
+        access.detail = exc.detail
+        challenge = 'Bearer realm="huren"'
+        if exc.error:
+            description = exc.detail.replace('"', "'")
+            challenge += f', error="{exc.error}", error_description="{description}"'
+        return _render(request, 401, "login", exc.detail, {"WWW-Authenticate": challenge})
+    except Forbidden as exc:
+        access.detail = exc.detail
+        return _render(request, 403, "forbidden", exc.detail, {})
+    except TooManyRequests as exc:
+        access.detail = exc.detail
+        headers = {"Retry-After": str(exc.retry_after)}
+        return _render(request, 429, "throttled", exc.detail, headers)
+
+
+async def audit_before_answering(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the request's audit record, committed before the answer."""
+    access = request.get(ACCESS_KEY)
+    if access is None or access.audited:
+        return
+    access.audited = True
+    await request.app[CORE].audit.record(access.record(response.status))
+
+
+def _access(request: web.Request) -> Access:
+    action, subtype = _interaction(request)
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return Access(
+        path=request.path,
+        action=action,
+        subtype=subtype,
+        query=request.query_string or None,
+        source=str(peer[0]) if peer else None,
+    )
+
+
+def _interaction(request: web.Request) -> tuple[str, str]:
+    """AuditEvent action and restful-interaction subtype, from the method and the path."""
+    if request.method == "POST":
+        return "C", "create"
+    if request.method in ("PUT", "PATCH"):
+        return "U", "update"
+    if request.method == "DELETE":
+        return "D", "delete"
+    last = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if last.startswith("$"):
+        return "E", "operation"
+    if last in ("studies", "series", "instances") or (
+        request.path.startswith("/fhir/") and request.path.count("/") == 2
+    ):
+        return "E", "search-type"
+    return "R", "read"
+
+
+def _authenticate(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise Unauthenticated("a bearer token is required", error=None)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "the Authorization header must be 'Bearer <token>'", error="invalid_request"
+        )
+    try:
+        return request.app[CORE].tokens.verify(token.strip())
+    except TokenError as exc:
+        raise Unauthenticated(exc.description, error=exc.error) from None
+
+
+def _break_glass(request: web.Request) -> str | None:
+    reason = request.headers.get(BREAK_GLASS_HEADER)
+    if reason is None:
+        return None
+    reason = reason.strip()
+    if not reason:
+        raise Forbidden(f"{BREAK_GLASS_HEADER} needs a reason")
+    return reason[:_MAX_REASON]
+
+
+def _render(
+    request: web.Request, status: int, code: str, text: str, headers: Mapping[str, str]
+) -> web.Response:
+    renderers = request.app.get(RENDERERS, {})
+    for prefix, render in renderers.items():
+        if request.path.startswith(prefix):
+            return render(request, status, code, text, headers)
+    return web.json_response({"error": code, "detail": text}, status=status, headers=headers)
