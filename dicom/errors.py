@@ -62,9 +62,11 @@ def refusal(
 ) -> web.Response:
     """A refusal by the gateway's door (401, 403, 429) in DICOMweb's form."""
     body = [{"00000902": {"vr": "LO", "Value": [text[:64]]}}]
+    # ErrorComment holds 64 characters; the whole reason goes in a Warning (PS3.18 8.7.6).
+    warning = text.replace('"', "'").encode("ascii", "replace").decode()
     return web.Response(
         status=status,
         body=json.dumps(body).encode(),
         content_type="application/dicom+json",
-        headers=headers,
+        headers={**headers, "Warning": f'299 HUREN "{warning}"'},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
@@ -146,8 +147,4 @@ def _federated_response(
         )
         if all(o.status is not OutcomeStatus.OK for o in result.outcomes.values()):
             raise dicom_error(502, "no facility answered", headers=headers)
-    return web.Response(
-        body=json.dumps(datasets, ensure_ascii=False).encode(),
-        content_type=DICOM_JSON,
-        headers=headers,
-    )
+    return web.Response(body=orjson.dumps(datasets), content_type=DICOM_JSON, headers=headers)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 FHIR_JSON = "application/fhir+json"
@@ -19,11 +20,7 @@ def outcome(severity: str, code: str, text: str) -> dict[str, Any]:
 
 
 def fhir_response(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(body, ensure_ascii=False).encode(),
-        content_type=FHIR_JSON,
-    )
+    return web.Response(status=status, body=orjson.dumps(body), content_type=FHIR_JSON)
 
 
 class FhirError(web.HTTPException):

@@ -44,6 +44,7 @@ class Access:
     subtype: str  # restful-interaction code
     query: str | None = None
     source: str | None = None
+    request_id: str | None = None
     principal: Principal | None = None
     resource_type: str | None = None
     break_glass: str | None = None  # the reason stated, when the glass was broken
@@ -73,6 +74,7 @@ class Access:
             resource_type=self.resource_type,
             query=self.query,
             source=self.source,
+            request_id=self.request_id,
             detail=self.detail,
         )
 

@@ -3,6 +3,7 @@ clients discover, and the statistics regulators read (never a patient's data).""
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from typing import Any, Final, get_args
 
@@ -71,7 +72,7 @@ async def lookup_stats(request: web.Request) -> web.Response:
     elif source == "audit":
         rows = await reconcile(core.store.engine, start, end, group_by, table=audit_lookup)
     else:
-        raise web.HTTPBadRequest(text="source must be counters or audit")
+        raise _bad("source must be counters or audit")
     return web.json_response(
         {
             "from": start.isoformat(),
@@ -113,11 +114,17 @@ async def break_glass_stats(request: web.Request) -> web.Response:
     )
 
 
+def _bad(detail: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": "invalid", "detail": detail}), content_type="application/json"
+    )
+
+
 def _grouping(value: str) -> Grouping:
     for grouping in get_args(Grouping):
         if value == grouping:
             return grouping  # type: ignore[no-any-return]
-    raise web.HTTPBadRequest(text=f"group_by must be one of {', '.join(get_args(Grouping))}")
+    raise _bad(f"group_by must be one of {', '.join(get_args(Grouping))}")
 
 
 def _range(request: web.Request) -> tuple[date, date]:
@@ -129,7 +136,7 @@ def _range(request: web.Request) -> tuple[date, date]:
             else end - timedelta(days=29)
         )
     except ValueError:
-        raise web.HTTPBadRequest(text="from and to are dates, YYYY-MM-DD") from None
+        raise _bad("from and to are dates, YYYY-MM-DD") from None
     if end < start or (end - start).days >= MAX_DAYS:
-        raise web.HTTPBadRequest(text=f"from must be before to, at most {MAX_DAYS} days apart")
+        raise _bad(f"from must be before to, at most {MAX_DAYS} days apart")
     return start, end

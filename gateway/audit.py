@@ -14,6 +14,7 @@ counted from those rows in the fast store and can be recounted from them exactly
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any, Final, Protocol
 from sqlalchemy import Boolean, Column, Index, Integer, String, Table, Text, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from .bulk_insert import insert_many
+from .bulk_insert import Writer
 from .group_commit import GroupCommit
 from .storage import Store, UtcDateTime, dumps, metadata, patient_id_of
 
@@ -57,11 +58,12 @@ audit_event = Table(
     Column("path", Text, nullable=False),
     Column("query", Text, nullable=True),
     Column("source", String(64), nullable=True),  # the client's network address
+    Column("request_id", String(64), nullable=True),  # the client's X-Request-Id
     Column("detail", Text, nullable=True),  # why it was refused or failed
     Index("ix_audit_event_patient", "patient"),
     Index("ix_audit_event_facility", "facility"),
     Index("ix_audit_event_agent", "agent"),
-    Index("ix_audit_event_recorded", "recorded"),
+    Index("ix_audit_event_recorded", "recorded"),  # date searches
 )
 
 audit_lookup = Table(
@@ -74,7 +76,31 @@ audit_lookup = Table(
     Index("ix_audit_lookup_day", "day"),
 )
 
-_EVENT_COLUMNS: Final = tuple(c.name for c in audit_event.columns)
+_EVENT_COLUMNS: Final = (
+    "id",
+    "recorded",
+    "day",
+    "action",
+    "subtype",
+    "outcome",
+    "status",
+    "agent",
+    "role",
+    "facility",
+    "purpose",
+    "break_glass",
+    "reason",
+    "patient",
+    "holders",
+    "cross_institution",
+    "resource_type",
+    "path",
+    "query",
+    "source",
+    "request_id",
+    "detail",
+)
+assert set(_EVENT_COLUMNS) == {c.name for c in audit_event.columns}
 
 
 class Counters(Protocol):
@@ -103,6 +129,7 @@ class AuditRecord:
     resource_type: str | None = None
     query: str | None = None
     source: str | None = None
+    request_id: str | None = None
     detail: str | None = None
     recorded: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: str = field(default_factory=lambda: new_event_id())
@@ -120,8 +147,12 @@ class AuditRecord:
 
 
 def new_event_id() -> str:
-    """32 hex characters: milliseconds since the epoch, then 80 random bits."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    """32 hex characters: milliseconds since the epoch, then 80 random bits (unique, not
+    secret: nothing is guarded by knowing an event's id)."""
+    return f"{time.time_ns() // 1_000_000:012x}{_random.getrandbits(80):020x}"
+
+
+_random = random.Random(secrets.randbits(64))
 
 
 class AuditTrail:
@@ -132,12 +163,14 @@ class AuditTrail:
         self._counters = counters
         self.enabled = enabled
         self._commit: GroupCommit[AuditRecord, str] = GroupCommit(self._write, max_batch=2000)
+        self._writer = Writer(store.engine, dumps)
 
     def start(self) -> None:
         self._commit.start()
 
     async def stop(self) -> None:
         await self._commit.stop()
+        await self._writer.close()
 
     async def record(self, rec: AuditRecord) -> str:
         """Write ``rec`` and return once it is durable (its event id)."""
@@ -148,15 +181,9 @@ class AuditTrail:
     async def _write(self, batch: list[AuditRecord]) -> list[str]:
         events = [_event_row(r) for r in batch]
         lookups = [(r.id, r.day, r.facility or "", h) for r in batch for h in r.cross_holders]
-        async with self._store.engine.begin() as conn:
-            await insert_many(conn, audit_event, _EVENT_COLUMNS, events, json_dumps=dumps)
-            await insert_many(
-                conn,
-                audit_lookup,
-                ("event_id", "day", "requester", "holder"),
-                lookups,
-                json_dumps=dumps,
-            )
+        async with self._writer.transaction() as insert:
+            await insert(audit_event, _EVENT_COLUMNS, events)
+            await insert(audit_lookup, ("event_id", "day", "requester", "holder"), lookups)
         if lookups and self._counters is not None:
             try:
                 await self._counters.add([(day, req, holder) for _, day, req, holder in lookups])
@@ -218,30 +245,31 @@ def _holds(facility: str) -> ColumnElement[bool]:
 
 
 def _event_row(r: AuditRecord) -> tuple[Any, ...]:
-    values = {
-        "id": r.id,
-        "recorded": r.recorded,
-        "day": r.day,
-        "action": r.action,
-        "subtype": r.subtype,
-        "outcome": r.outcome,
-        "status": r.status,
-        "agent": r.user,
-        "role": r.role,
-        "facility": r.facility,
-        "purpose": r.purpose,
-        "break_glass": r.break_glass,
-        "reason": r.reason,
-        "patient": r.patient,
-        "holders": ",".join(r.holders) or None,
-        "cross_institution": bool(r.cross_holders),
-        "resource_type": r.resource_type,
-        "path": r.path,
-        "query": r.query,
-        "source": r.source,
-        "detail": r.detail,
-    }
-    return tuple(values[c] for c in _EVENT_COLUMNS)
+    """The record's row, in the order of ``_EVENT_COLUMNS`` (checked at import)."""
+    return (
+        r.id,
+        r.recorded,
+        r.day,
+        r.action,
+        r.subtype,
+        r.outcome,
+        r.status,
+        r.user,
+        r.role,
+        r.facility,
+        r.purpose,
+        r.break_glass,
+        r.reason,
+        r.patient,
+        ",".join(r.holders) or None,
+        bool(r.cross_holders),
+        r.resource_type,
+        r.path,
+        r.query,
+        r.source,
+        r.request_id,
+        r.detail,
+    )
 
 
 def _record(row: Any) -> AuditRecord:
@@ -264,6 +292,7 @@ def _record(row: Any) -> AuditRecord:
         resource_type=row.resource_type,
         query=row.query,
         source=row.source,
+        request_id=row.request_id,
         detail=row.detail,
     )
 
@@ -350,7 +379,12 @@ def as_fhir(r: AuditRecord) -> dict[str, Any]:
             }
         )
     request: dict[str, Any] = {
-        "what": {"display": r.path},
+        "what": {"display": r.path}
+        | (
+            {"identifier": {"system": "urn:huren:request-id", "value": r.request_id}}
+            if r.request_id
+            else {}
+        ),
         "type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
     }
     if r.query:

@@ -18,12 +18,14 @@ NOTHING``); ``returning`` names columns to give back for the rows actually inser
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import orjson
 from sqlalchemy import JSON, Dialect, Table
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # SQLite's default SQLITE_MAX_VARIABLE_NUMBER since 3.32.
 _SQLITE_MAX_VARIABLES: Final = 32_766
@@ -46,11 +48,7 @@ async def insert_many(
     if not rows:
         return []
     dialect = conn.dialect
-    processors = _processors(table, tuple(columns), dialect, json_dumps)
-    prepared = [
-        tuple(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
-        for row in rows
-    ]
+    prepared = _prepared(table, columns, rows, dialect, json_dumps)
     conflict = tuple(skip_conflicts_on) if skip_conflicts_on is not None else None
     if dialect.name == "postgresql":
         sql = _postgres_sql(table, tuple(columns), conflict, tuple(returning), dialect)
@@ -68,6 +66,120 @@ async def insert_many(
     return out
 
 
+def _prepared(
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Row],
+    dialect: Dialect,
+    json_dumps: Callable[[Any], str],
+) -> Sequence[Row]:
+    processors = _processors(table, tuple(columns), dialect, json_dumps)
+    if not any(p is not None for p in processors):
+        return rows  # PostgreSQL takes strings, numbers and aware datetimes as they are
+    return [
+        tuple(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))
+        for row in rows
+    ]
+
+
+class Writer:
+    """A connection kept for one writer's batches (a group commit), and its transactions.
+
+    A group commit writes a transaction every few milliseconds: checking a pooled connection
+    out (and pinging it) each time, and SQLAlchemy's async plumbing around each statement,
+    cost more than the inserts. On PostgreSQL the batches go straight to asyncpg on a
+    connection held for the purpose; on SQLite through the same connection via Core. A
+    connection that fails is dropped, and the next batch opens a new one.
+    """
+
+    def __init__(self, engine: AsyncEngine, json_dumps: Callable[[Any], str]) -> None:
+        self._engine = engine
+        self._dumps = json_dumps
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn, self._driver = self._conn, None, None
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Inserter]:
+        """One transaction: ``await insert(table, columns, rows, ...)`` as many times as
+        needed; committed when the block ends, rolled back if it raises."""
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+            if self._conn.dialect.name == "postgresql":
+                raw = await self._conn.get_raw_connection()
+                self._driver = raw.driver_connection
+        conn, dialect = self._conn, self._conn.dialect
+        try:
+            if self._driver is not None:
+                driver = self._driver
+                async with driver.transaction():
+
+                    async def pg_insert(
+                        table: Table,
+                        columns: Sequence[str],
+                        rows: Sequence[Row],
+                        *,
+                        skip_conflicts_on: Sequence[str] | None = None,
+                        returning: Sequence[str] = (),
+                    ) -> list[tuple[Any, ...]]:
+                        if not rows:
+                            return []
+                        conflict = tuple(skip_conflicts_on) if skip_conflicts_on else None
+                        sql = _postgres_json_sql(
+                            table, tuple(columns), conflict, tuple(returning), dialect
+                        )
+                        ready = _prepared(table, columns, rows, dialect, self._dumps)
+                        # The whole batch as one JSON text, parsed by the server: one C call
+                        # here instead of encoding every value of every row.
+                        found = await driver.fetch(sql, orjson.dumps(ready).decode())
+                        return [tuple(r) for r in found]
+
+                    yield pg_insert
+            else:
+                async with conn.begin():
+
+                    async def insert(
+                        table: Table,
+                        columns: Sequence[str],
+                        rows: Sequence[Row],
+                        *,
+                        skip_conflicts_on: Sequence[str] | None = None,
+                        returning: Sequence[str] = (),
+                    ) -> list[tuple[Any, ...]]:
+                        return await insert_many(
+                            conn,
+                            table,
+                            columns,
+                            rows,
+                            json_dumps=self._dumps,
+                            skip_conflicts_on=skip_conflicts_on,
+                            returning=returning,
+                        )
+
+                    yield insert
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
+
+
+class Inserter(Protocol):
+    async def __call__(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        *,
+        skip_conflicts_on: Sequence[str] | None = None,
+        returning: Sequence[str] = (),
+    ) -> list[tuple[Any, ...]]: ...
+
+
+@cache
 def _processors(
     table: Table, columns: tuple[str, ...], dialect: Dialect, json_dumps: Callable[[Any], str]
 ) -> list[Callable[[Any], Any] | None]:
@@ -114,6 +226,29 @@ def _postgres_sql(
         f"INSERT INTO {q(table.name)} ({', '.join(names)}) "
         f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) "
         f"AS u({', '.join(names)})"
+        f"{_conflict_clause(conflict, q)}{_returning_clause(returning, q)}"
+    )
+
+
+@cache
+def _postgres_json_sql(
+    table: Table,
+    columns: tuple[str, ...],
+    conflict: tuple[str, ...] | None,
+    returning: tuple[str, ...],
+    dialect: Dialect,
+) -> str:
+    """INSERT ... SELECT from a JSON array of rows (each row an array, in column order)."""
+    q = dialect.identifier_preparer.quote
+    selected = []
+    for n, name in enumerate(columns):
+        type_ = table.c[name].type
+        cast = "json" if isinstance(type_, JSON) else type_.compile(dialect)
+        value = f"(r->{n})" if isinstance(type_, JSON) else f"(r->>{n})"
+        selected.append(f"{value}::{cast}")
+    return (
+        f"INSERT INTO {q(table.name)} ({', '.join(map(q, columns))}) "
+        f"SELECT {', '.join(selected)} FROM json_array_elements($1::json) AS r"
         f"{_conflict_clause(conflict, q)}{_returning_clause(returning, q)}"
     )
 

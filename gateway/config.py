@@ -125,6 +125,17 @@ def _from_file(path: Path) -> dict[str, Any]:
     return dict(section)
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name not in _TYPES:
         raise ConfigError(f"unknown setting {name!r}")
@@ -136,6 +147,8 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            return _boolean(value)
     except (TypeError, ValueError):
         raise ConfigError(f"setting {name!r} expects {kind}, got {value!r}") from None
     return value if value is None else str(value)

@@ -14,14 +14,14 @@ import aiohttp
 from adapters.archive import Archive
 
 from .access import Policy
-from .audit import AuditTrail
-from .cache import Cache, open_cache
+from .audit import AuditTrail, audit_lookup
+from .cache import Cache, MemoryCache, open_cache
 from .config import Settings
 from .federation import Federation, FederationPolicy
 from .imaging import ImagingService
 from .lab import LabService
 from .lab_codes import DEFAULT_PATH, LabCodeMap
-from .lookup_stats import LookupCounters
+from .lookup_stats import LookupCounters, rebuild
 from .rate_limit import RateLimiter
 from .readiness import Prober
 from .registry import Registry, load_registry
@@ -93,6 +93,9 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         settings.auth_audience,
     )
     lookups = LookupCounters(cache)
+    if isinstance(cache, MemoryCache):
+        # In-process counters start empty: count them again from the audit trail.
+        await rebuild(store.engine, lookups, table=audit_lookup)
     audit = AuditTrail(store, lookups, enabled=settings.audit)
     core = Core(
         settings=settings,

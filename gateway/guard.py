@@ -95,7 +95,16 @@ def _access(request: web.Request) -> Access:
         subtype=subtype,
         query=request.query_string or None,
         source=str(peer[0]) if peer else None,
+        request_id=_request_id(request),
     )
+
+
+def _request_id(request: web.Request) -> str | None:
+    """The client's X-Request-Id, kept with the audit record when it is a sane token."""
+    value = request.headers.get("X-Request-Id", "")
+    if value and len(value) <= 64 and value.isascii() and value.isprintable():
+        return value
+    return None
 
 
 def _interaction(request: web.Request) -> tuple[str, str]:
@@ -117,8 +126,8 @@ def _interaction(request: web.Request) -> tuple[str, str]:
 
 
 def _authenticate(request: web.Request) -> Principal:
-    header = request.headers.get("Authorization")
-    if header is None:
+    header = request.headers.get("Authorization", "").strip()
+    if not header:
         raise Unauthenticated("a bearer token is required", error=None)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -8,6 +8,7 @@ the cross-reference in the durable store and uses it to ask each facility in its
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 
 
+@lru_cache(maxsize=65536)
 def is_national_id(value: str) -> bool:
     """An 18-character resident ID number with a valid ISO 7064 MOD 11-2 check character."""
     if len(value) != 18 or not value[:17].isdigit():
@@ -47,12 +49,11 @@ async def resolve_person(
 
 async def mrns_by_facility(store: Store, registry: Registry, person_key: str) -> dict[str, str]:
     """facility id -> the person's MRN there, for every facility that knows them."""
-    by_system = {f.mrn_system: f.id for f in registry}
     out: dict[str, str] = {}
     for ident in await store.identifiers_for(person_key):
-        fid = by_system.get(ident.system)
-        if fid is not None:
-            out[fid] = ident.value
+        facility = registry.by_mrn_system(ident.system)
+        if facility is not None:
+            out[facility.id] = ident.value
     return out
 
 

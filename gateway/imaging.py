@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
@@ -43,6 +44,7 @@ class ImagingService:
     ) -> None:
         #: Seconds a facility's answer to a study search is reused (0: never).
         self.query_ttl = query_ttl
+        self._answers: dict[str, tuple[float, list[DicomJson]]] = {}
         self.registry = registry
         self.federation = federation
         self.upstreams = upstreams
@@ -100,12 +102,20 @@ class ImagingService:
             orjson.dumps([query.match, query.limit, query.include], option=orjson.OPT_SORT_KEYS)
         ).hexdigest()[:32]
         key = f"qido:{fid}:{generation.decode()}:{digest}"
+        now = time.monotonic()
+        parsed = self._answers.get(key)
+        if parsed is not None and parsed[0] > now:
+            return parsed[1]
         cached = await self.cache.get(key)
         if cached is not None:
             found: list[DicomJson] = orjson.loads(cached)
-            return found
-        found = await self.upstreams.imaging(fid).search_studies(query)
-        await self.cache.set(key, orjson.dumps(found), ttl=self.query_ttl)
+        else:
+            found = await self.upstreams.imaging(fid).search_studies(query)
+            await self.cache.set(key, orjson.dumps(found), ttl=self.query_ttl)
+        # Kept parsed here too, for as long as the shared cache may still hand it out.
+        if len(self._answers) >= _ANSWERS_KEPT:
+            self._answers.clear()
+        self._answers[key] = (now + self.query_ttl, found)
         return found
 
     async def study_patient(self, fid: str, study: str) -> str | None:
@@ -264,6 +274,8 @@ class ImagingService:
             self.federation.breaker(fid).record_failure()
 
 
+#: Parsed study-search answers kept in this process (the shared cache holds them as bytes).
+_ANSWERS_KEPT = 10_000
 #: Seconds the holder of a study is remembered.
 STUDY_HOLDER_TTL = 600.0
 

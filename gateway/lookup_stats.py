@@ -40,15 +40,18 @@ By day and in total, a query reads ``months`` (whole months) and the ``days:`` h
 months it starts or ends inside: a few dozen fields. By facility or pair it covers the range
 with periods, adding whole ones and subtracting the parts of a period outside the range where
 that reads fewer fields: 2026 is ``pair:2026`` alone, 2026-01-02 to 2026-12-30 is ``pair:2026``
-less two days, 2025-07-16 to 2026-07-15 is H2, August, September and Q4 of 2025 and Q1, Q2 and
-H1 of July 2026. Whole months inside the range are always read as months or larger periods,
-never as days. The cover minimises an estimate of the fields read: ``KEY_COST`` per key plus,
-for a period's ``n`` look-ups (from ``months``, spread evenly over its days), the distinct
-groups expected among ``cap`` possible (facilities, or ordered facility pairs, seen so far):
-``cap * (1 - exp(-n / cap))``. With 1M look-ups a year among 111 facilities a month's pair
-hash is near all 12,210 pairs and a day's 2,500 of them, so subtracting days from a month or
-a year often reads less than adding days. redis-py without hiredis parses about a million
-fields a second, so fields read is what a query costs.
+less two days, 2025-07-16 to 2026-07-15 is 2025-Q3 less 2025-07-H1, then 2025-Q4, 2026-Q1,
+2026-Q2 and 2026-07-H1. Whole months inside the range are always read as months or larger
+periods, never as days. The cover minimises an estimate of the fields read: ``KEY_COST`` per
+key plus, for a period's ``n`` look-ups (from ``months``, spread evenly over its days), the
+distinct groups expected among ``cap`` possible (facilities, or ordered facility pairs, seen so
+far): ``cap * (1 - exp(-n / cap))``. With 1M look-ups a year among 111 facilities a month's
+pair hash is near all 12,210 pairs and a day's 2,500 of them, so subtracting days from a month
+or a year often reads less than adding days. Even through RedisCache's joined replies
+(gateway/cache.py) a field read costs about a microsecond, so fields read is what a query
+costs. With 1,020,293 look-ups a year among 111 facilities, by pair, a calendar year took 25 ms
+from a local Redis, 2025-07-16 to 2026-07-15 94 ms and the worst range tried (2025-07-08 to
+2026-07-23, 20 hashes) 100 ms; by day, by facility or in total, under 5 ms.
 
 Answers are lists of rows, sorted by their key ascending (days in order, facility ids by code
 point, pairs by requester then holder); a group with no look-ups has no row, so a range with

@@ -67,6 +67,9 @@ class Facility:
     district: str
     alliances: tuple[str, ...]
     mrn_issuer: str  # DICOM IssuerOfPatientID of this facility's local MRNs
+    #: AE titles of the facility's DICOM workstations and viewers: a DIMSE association
+    #: calling with one of them acts for the facility (and only such associations are taken).
+    workstations: tuple[str, ...]
     imaging: ImagingEndpoint
     lab: LabEndpoint
 
@@ -99,11 +102,47 @@ class Registry:
             raise KeyError(f"no facility {facility_id!r} in the registry") from None
 
     def _by_id(self) -> Mapping[str, Facility]:
-        # Frozen dataclass with slots: build the index on demand; 111 entries make this cheap.
-        return {f.id: f for f in self.facilities}
+        return _indexes(self).by_id
 
     def by_issuer(self, issuer: str) -> Facility | None:
-        return next((f for f in self.facilities if f.mrn_issuer == issuer), None)
+        return _indexes(self).by_issuer.get(issuer)
+
+    def by_mrn_system(self, system: str) -> Facility | None:
+        """The facility whose local MRNs are in FHIR identifier system ``system``."""
+        return _indexes(self).by_mrn_system.get(system)
+
+    def by_workstation(self, ae_title: str) -> Facility | None:
+        """The facility a registered workstation AE title belongs to."""
+        return _indexes(self).by_workstation.get(ae_title)
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexes:
+    by_id: Mapping[str, Facility]
+    by_issuer: Mapping[str, Facility]
+    by_mrn_system: Mapping[str, Facility]
+    by_workstation: Mapping[str, Facility]
+
+
+_INDEXES: dict[int, tuple[Registry, _Indexes]] = {}
+
+
+def _indexes(registry: Registry) -> _Indexes:
+    """The registry's lookup tables, built once per registry (they are read per request)."""
+    kept = _INDEXES.get(id(registry))
+    if kept is not None and kept[0] is registry:
+        return kept[1]
+    fs = registry.facilities
+    built = _Indexes(
+        by_id={f.id: f for f in fs},
+        by_issuer={f.mrn_issuer: f for f in fs},
+        by_mrn_system={f.mrn_system: f for f in fs},
+        by_workstation={title: f for f in fs for title in f.workstations},
+    )
+    if len(_INDEXES) > 64:  # registries replaced over time: keep the recent ones
+        _INDEXES.clear()
+    _INDEXES[id(registry)] = (registry, built)
+    return built
 
 
 def default_registry_path() -> Path:
@@ -174,9 +213,24 @@ def _facility(raw: Any, index: int) -> Facility:
         district=_choice(raw, "district", entry, DISTRICTS),
         alliances=tuple(alliances),
         mrn_issuer=_text(raw, "mrn_issuer", entry, max_len=64),
+        workstations=_workstations(raw, entry),
         imaging=_imaging(raw.get("imaging"), entry),
         lab=_lab(raw.get("lab"), entry),
     )
+
+
+def _workstations(raw: Any, entry: str) -> tuple[str, ...]:
+    titles = raw.get("workstations", [])
+    if not isinstance(titles, list):
+        raise RegistryError("must be a list of AE titles", entry=entry, field="workstations")
+    for title in titles:
+        if not (isinstance(title, str) and _AE_TITLE.fullmatch(title)):
+            raise RegistryError(
+                f"expected AE titles of 1-16 printable ASCII characters, got {title!r}",
+                entry=entry,
+                field="workstations",
+            )
+    return tuple(titles)
 
 
 def _imaging(raw: Any, entry: str) -> ImagingEndpoint:
@@ -292,7 +346,9 @@ def _match(
 def _check_unique(facilities: tuple[Facility, ...], alliances: tuple[Alliance, ...]) -> None:
     seen: dict[str, str] = {}
     for f in facilities:
-        for field, value in (("id", f.id), ("mrn_issuer", f.mrn_issuer), ("name_zh", f.name_zh)):
+        unique = [("id", f.id), ("mrn_issuer", f.mrn_issuer), ("name_zh", f.name_zh)]
+        unique += [("workstations", title) for title in f.workstations]
+        for field, value in unique:
             key = f"{field}={value}"
             if key in seen:
                 raise RegistryError(

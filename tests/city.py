@@ -56,6 +56,12 @@ class City:
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 200
 
+    def studies(self) -> list[dict[str, str]]:
+        data: list[dict[str, str]] = json.loads(
+            (self.data_dir / "seed" / "studies.json").read_text(encoding="utf-8")
+        )
+        return data
+
     def patients(self) -> list[dict[str, object]]:
         data: list[dict[str, object]] = json.loads(
             (self.data_dir / "seed" / "patients.json").read_text(encoding="utf-8")
