@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from io import BytesIO
 from typing import Any
 
@@ -39,6 +39,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
 
@@ -73,6 +74,8 @@ class Link:
         self.writer = writer
         self.contexts: dict[int, PresentationContext] = {}
         self.peer_max_pdu = MAX_PDU
+        #: Who the peer is, as the acceptor's authorization decided (see `accept`).
+        self.user: object | None = None
 
     @property
     def usable(self) -> bool:
@@ -209,9 +212,12 @@ class Association(Link):
         abstract_syntaxes: Sequence[str],
         transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
         scp_roles: Sequence[str] = (),
+        user_identity: bytes | None = None,
     ) -> Association:
         """Associate; ``scp_roles`` are storage classes we offer to take C-STOREs for on this
-        association (SCP/SCU role selection, PS3.7 D.3.3.4), as C-GET needs."""
+        association (SCP/SCU role selection, PS3.7 D.3.3.4), as C-GET needs;
+        ``user_identity`` a JSON Web Token sent by user identity negotiation (PS3.7 D.3.3.7,
+        type 5)."""
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
@@ -219,7 +225,12 @@ class Association(Link):
         assoc = cls(reader, writer)
         try:
             await assoc._negotiate(
-                calling_ae, called_ae, abstract_syntaxes, transfer_syntaxes, scp_roles
+                calling_ae,
+                called_ae,
+                abstract_syntaxes,
+                transfer_syntaxes,
+                scp_roles,
+                user_identity,
             )
         except BaseException:
             writer.close()
@@ -233,9 +244,10 @@ class Association(Link):
         abstract_syntaxes: Sequence[str],
         transfer_syntaxes: Sequence[str],
         scp_roles: Sequence[str],
+        user_identity: bytes | None = None,
     ) -> None:
         proposed = _proposed(abstract_syntaxes, transfer_syntaxes)
-        self.writer.write(_associate_rq(calling_ae, called_ae, proposed, scp_roles))
+        self.writer.write(_associate_rq(calling_ae, called_ae, proposed, scp_roles, user_identity))
         kind, raw = await self.read_pdu()
         if kind == _ASSOCIATE_RJ:
             rj = A_ASSOCIATE_RJ()
@@ -370,15 +382,34 @@ class Association(Link):
         self.close()
 
 
+class AssociationRejected(UpstreamError):
+    """The acceptor refused the association (A-ASSOCIATE-RJ sent)."""
+
+
+#: Why an association is refused (PS3.8 9.3.4, source 1: service user).
+REJECT_NO_REASON = 0x01
+REJECT_CALLING_AE = 0x03
+REJECT_CALLED_AE = 0x07
+
+#: (link, calling AE, called AE, JSON Web Token from user identity negotiation or None) ->
+#: None to accept (having set ``link.user``), or a reason to refuse.
+Authorize = Callable[[Link, str, str, bytes | None], Awaitable[int | None]]
+
+
 async def accept(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     supported: Iterable[PresentationContext],
+    *,
+    authorize: Authorize | None = None,
 ) -> tuple[Link, tuple[str, str]]:
     """Answer an A-ASSOCIATE-RQ as acceptor; return the link and (calling, called) AE titles.
 
     Contexts are negotiated with pynetdicom's acceptor rules, SCP/SCU role selection included
-    (a C-GET requestor asks to take C-STOREs back on the same association).
+    (a C-GET requestor asks to take C-STOREs back on the same association). With
+    ``authorize``, an association it refuses is answered A-ASSOCIATE-RJ (permanent) and
+    `AssociationRejected` raised. A JSON Web Token sent by user identity negotiation (type 5)
+    is handed to it.
     """
     link = Link(reader, writer)
     async with asyncio.timeout(ACSE_TIMEOUT):
@@ -386,6 +417,30 @@ async def accept(
     if kind != _ASSOCIATE_RQ:
         raise UpstreamProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
     rq = _decode_pdu(A_ASSOCIATE_RQ(), raw, "A-ASSOCIATE-RQ")
+    calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+    if authorize is not None:
+        token = next(
+            (
+                bytes(item.primary_field)
+                for item in rq.user_information
+                if isinstance(item, UserIdentityNegotiation)
+                and item.user_identity_type == 5
+                and item.primary_field
+            ),
+            None,
+        )
+        reason = await authorize(link, calling, called, token)
+        if reason is not None:
+            refusal = A_ASSOCIATE()
+            refusal.result = 0x01  # rejected (permanent)
+            refusal.result_source = 0x01  # by the service user
+            refusal.diagnostic = reason
+            rj = A_ASSOCIATE_RJ()
+            rj.from_primitive(refusal)
+            writer.write(rj.encode())
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            raise AssociationRejected(f"association from {calling!r} refused (reason {reason})")
     roles = {
         UID(item.sop_class_uid): (item.scu_role, item.scp_role)
         for item in rq.user_information
@@ -412,7 +467,7 @@ async def accept(
     pdu.from_primitive(ac)
     writer.write(pdu.encode())
     await writer.drain()
-    return link, (str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip())
+    return link, (calling, called)
 
 
 def supported_contexts(
@@ -463,7 +518,11 @@ def _user_information() -> list[Any]:
 
 
 def _associate_rq(
-    calling_ae: str, called_ae: str, proposed: list[PresentationContext], scp_roles: Sequence[str]
+    calling_ae: str,
+    called_ae: str,
+    proposed: list[PresentationContext],
+    scp_roles: Sequence[str],
+    user_identity: bytes | None = None,
 ) -> bytes:
     prim = A_ASSOCIATE()
     prim.application_context_name = APPLICATION_CONTEXT
@@ -477,7 +536,14 @@ def _associate_rq(
         role.scu_role = False
         role.scp_role = True
         roles.append(role)
-    prim.user_information = [*_user_information(), *roles]
+    identity = []
+    if user_identity is not None:
+        item = UserIdentityNegotiation()
+        item.user_identity_type = 5  # JSON Web Token
+        item.positive_response_requested = False
+        item.primary_field = user_identity
+        identity.append(item)
+    prim.user_information = [*_user_information(), *roles, *identity]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(prim)
     data: bytes = pdu.encode()

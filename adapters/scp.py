@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from . import dimse_codec as codec
 from .dimse_codec import Message
-from .dul import Link, PeerReleased, accept
+from .dul import AssociationRejected, Link, PeerReleased, accept
 from .errors import UpstreamError
 from .qr import qr_scp_contexts, response
 
@@ -44,6 +44,13 @@ class QrScp:
 
     # -- what a subclass answers ---------------------------------------------------------------
 
+    async def authorize(
+        self, link: Link, calling: str, called: str, token: bytes | None
+    ) -> int | None:
+        """Whether to take an association: None to accept (setting ``link.user``), or a
+        rejection reason (dul.REJECT_*). This base takes every association."""
+        return None
+
     async def before(self, request: Message) -> None:
         """Called before each request is answered (the simulator's latency goes here)."""
 
@@ -64,13 +71,13 @@ class QrScp:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link: Link | None = None
         try:
-            link, peer = await accept(reader, writer, self._contexts)
+            link, peer = await accept(reader, writer, self._contexts, authorize=self.authorize)
             self._links.add(link)
             while True:
                 request = await link.receive()
                 await self.before(request)
                 await self._dispatch(link, request, peer)
-        except PeerReleased:
+        except (PeerReleased, AssociationRejected):
             pass
         except (UpstreamError, TimeoutError, ConnectionError) as exc:
             log.info("association ended: %s", type(exc).__name__)

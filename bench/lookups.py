@@ -53,6 +53,10 @@ from seeds.generator import generate
 from tests.city import free_port, huren_command, start_simulator, stop_process
 
 CITY_LOOKUPS = 1_020_293
+#: Look-ups each gateway answers before it is measured (its holders' answers get cached).
+WARM_UP = 2000
+#: Alternating rounds of the audit-cost comparison.
+ROUNDS = 5
 #: Every gateway started, so none outlives the benchmark.
 GATEWAYS: list[subprocess.Popen[bytes]] = []
 
@@ -111,6 +115,8 @@ class Replay:
         self.answered: list[int] = []
         self.failed = 0
         self.rng = random.Random(7)
+        #: Set once half of the look-ups are answered.
+        self.halfway = asyncio.Event()
 
     async def run(self, stop_after: int | None = None) -> None:
         await asyncio.gather(*(self._worker(stop_after) for _ in range(self.connections)))
@@ -138,6 +144,8 @@ class Replay:
             if status != 200:
                 raise RuntimeError(f"look-up {i} answered {status}")
             self.answered.append(i)
+            if 2 * len(self.answered) >= self.n:
+                self.halfway.set()
         if writer is not None:
             writer.close()
 
@@ -220,27 +228,61 @@ async def audited(database_url: str) -> tuple[int, set[str]]:
     return int(n), ids
 
 
-def replay(
-    data_dir: Path,
-    requests: list[bytes],
-    n: int,
-    connections: int,
-    database_url: str | None,
-    *,
-    audit: bool = True,
-) -> tuple[float, int]:
-    """Look-ups per second, and the port the gateway (still running) answers on."""
+@dataclass
+class Gateway:
+    """A gateway process on its own data dir and database, warmed up."""
+
+    data_dir: Path
+    database_url: str | None
+    audit: bool
+    port: int = 0
+    proc: Any = None
+
+    def start(self, requests: list[bytes], connections: int) -> Gateway:
+        self.port = self.port or free_port()
+        self.proc = start_gateway(self.data_dir, self.port, self.database_url, self.audit)
+        warm = Replay(self.port, requests, WARM_UP, connections)  # holders' answers cached
+        asyncio.run(warm.run())
+        return self
+
+    def rate(self, requests: list[bytes], n: int, connections: int) -> float:
+        run = Replay(self.port, requests, n, connections)
+        t = time.perf_counter()
+        asyncio.run(run.run())
+        seconds = time.perf_counter() - t
+        assert len(run.answered) == n and run.failed == 0, (len(run.answered), run.failed)
+        return n / seconds
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def killed_midway(
+    data_dir: Path, database_url: str, requests: list[bytes], n: int, connections: int
+) -> tuple[Replay, int]:
+    """Replay ``n`` look-ups; at half of them answered, SIGKILL the gateway while look-ups
+    are in flight, start it again, and go on (what was cut off is sent again)."""
     port = free_port()
-    proc = start_gateway(data_dir, port, database_url, audit)
-    warm = Replay(port, requests, min(2000, n), connections)  # the holders' answers, cached
-    asyncio.run(warm.run())
+    proc = start_gateway(data_dir, port, database_url, True)
     run = Replay(port, requests, n, connections)
-    t = time.perf_counter()
-    asyncio.run(run.run())
-    seconds = time.perf_counter() - t
-    assert len(run.answered) == n and run.failed == 0, (len(run.answered), run.failed)
-    replay.proc = proc  # type: ignore[attr-defined]
-    return n / seconds, port
+    killed_at = 0
+
+    async def killer() -> None:
+        nonlocal proc, killed_at
+        await run.halfway.wait()
+        proc.send_signal(signal.SIGKILL)
+        killed_at = len(run.answered)
+        await asyncio.to_thread(proc.wait)
+        proc = await asyncio.to_thread(start_gateway, data_dir, port, database_url, True)
+
+    async def both() -> None:
+        await asyncio.gather(run.run(), killer())
+
+    asyncio.run(both())
+    proc.terminate()
+    proc.wait(30)
+    return run, killed_at
 
 
 def main() -> None:
@@ -249,12 +291,12 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--lookups", type=int, default=CITY_LOOKUPS)
-    ap.add_argument("--side", type=int, default=100_000, help="look-ups of the shorter runs")
+    ap.add_argument("--side", type=int, default=150_000, help="look-ups of the other runs")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--patients", type=int, default=120)
     args = ap.parse_args()
     n = 30_000 if args.quick else args.lookups
-    side = 10_000 if args.quick else args.side
+    side = 15_000 if args.quick else args.side
     data_dir = Path(tempfile.mkdtemp(prefix="huren-bench-lookups-"))
     generate(data_dir, patients=args.patients, seed=11)
     lookups = plan(data_dir)
@@ -266,103 +308,99 @@ def main() -> None:
     )
     sim, _ = start_simulator(data_dir)
     figures: dict[str, Any] = {"lookups": n, "connections": args.connections}
-    warm_lookups = min(2000, n)
-    try:
-        # 1. PostgreSQL, audit on, the whole replay.
+    databases: list[str] = []
+
+    def database() -> str:
         url, name = asyncio.run(fresh_pg_database())
-        try:
-            prepare(data_dir, data_dir / "pg", url)
-            rate, port = replay(data_dir / "pg", requests, n, args.connections, url)
-            proc = replay.proc  # type: ignore[attr-defined]
-            print(f"  PostgreSQL, audit on:  {rate:,.0f} look-ups/s ({n / rate / 60:.1f} min)")
-            figures["pg_audit_lookups_s"] = round(rate)
-            figures["pg_replay_minutes"] = round(n / rate / 60, 2)
-            cross, _ = asyncio.run(audited(url))
-            today = date.today()
-            span = f"from={today - timedelta(days=1)}&to={today + timedelta(days=1)}"
-            counters, _ = regulator_get(
-                data_dir / "pg", port, f"/admin/stats/lookups?{span}&group_by=total"
-            )
-            recount, _ = regulator_get(
-                data_dir / "pg", port, f"/admin/stats/lookups?{span}&group_by=total&source=audit"
-            )
-            expected = n + warm_lookups
-            print(
-                f"  audit: {cross:,} cross-institution records, counters {counters['total']:,},"
-                f" recounted {recount['total']:,} (expected {expected:,}: {n:,} + {warm_lookups:,}"
-                " warm-up)"
-            )
-            assert cross == counters["total"] == recount["total"] == expected
-            figures["audited_cross_institution"] = cross - warm_lookups
-            year = f"from={today - timedelta(days=364)}&to={today}"
-            for group in ("day", "requester", "holder", "pair", "total"):
-                times = [
-                    regulator_get(
-                        data_dir / "pg", port, f"/admin/stats/lookups?{year}&group_by={group}"
-                    )[1]
-                    for _ in range(7)
-                ]
-                p50 = percentile(times, 50)
-                print(f"  /admin/stats/lookups over a year by {group}: p50 {p50:.1f} ms")
-                figures[f"stats_year_{group}_ms"] = round(p50, 1)
-            proc.terminate()
-            proc.wait(30)
+        databases.append(name)
+        return url
 
-            # 3. Killed midway and restarted: every answered look-up has its record.
-            kill_n = side
-            kill_url, kill_name = asyncio.run(fresh_pg_database())
-            try:
-                prepare(data_dir, data_dir / "pg-kill", kill_url)
-                port = free_port()
-                proc = start_gateway(data_dir / "pg-kill", port, kill_url, True)
-                run = Replay(port, requests, kill_n, args.connections)
-                asyncio.run(run.run(stop_after=kill_n // 2))
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                before = len(run.answered)
-                proc = start_gateway(data_dir / "pg-kill", port, kill_url, True)
-                asyncio.run(run.run())
-                proc.terminate()
-                proc.wait(30)
-                _, ids = asyncio.run(audited(kill_url))
-                missing = [i for i in run.answered if str(i) not in ids]
-                print(
-                    f"  SIGKILL after {before:,} answered, restarted, {len(run.answered):,}"
-                    f" answered in all ({run.failed} cut off and sent again):"
-                    f" {len(missing)} answered without an audit record"
-                )
-                assert not missing
-                figures["kill_answered"] = len(run.answered)
-                figures["kill_missing_audit"] = len(missing)
-            finally:
-                asyncio.run(drop_pg_database(kill_name))
+    try:
+        # 1. PostgreSQL, audit on: the whole replay, then the records and counters checked.
+        url = database()
+        pg = Gateway(prepare(data_dir, data_dir / "pg", url), url, True)
+        pg.start(requests, args.connections)
+        rate = pg.rate(requests, n, args.connections)
+        print(f"  PostgreSQL, audit on: {n:,} look-ups at {rate:,.0f}/s, {n / rate / 60:.1f} min")
+        figures["pg_audit_lookups_s"] = round(rate)
+        figures["pg_replay_minutes"] = round(n / rate / 60, 2)
+        cross, _ = asyncio.run(audited(url))
+        today = date.today()
+        span = f"from={today - timedelta(days=1)}&to={today + timedelta(days=1)}"
+        stats = f"/admin/stats/lookups?{span}&group_by=total"
+        counters, _ = regulator_get(pg.data_dir, pg.port, stats)
+        recount, _ = regulator_get(pg.data_dir, pg.port, stats + "&source=audit")
+        expected = n + WARM_UP
+        print(
+            f"  audit: {cross:,} cross-institution records, counters {counters['total']:,},"
+            f" recounted {recount['total']:,} (expected {expected:,}: {n:,} and {WARM_UP:,}"
+            " warming up)"
+        )
+        assert cross == counters["total"] == recount["total"] == expected
+        figures["audited_cross_institution"] = cross - WARM_UP
+        year = f"from={today - timedelta(days=364)}&to={today}"
+        for group in ("day", "requester", "holder", "pair", "total"):
+            times = [
+                regulator_get(
+                    pg.data_dir, pg.port, f"/admin/stats/lookups?{year}&group_by={group}"
+                )[1]
+                for _ in range(7)
+            ]
+            p50 = percentile(times, 50)
+            print(f"  /admin/stats/lookups over a year by {group}: p50 {p50:.1f} ms")
+            figures[f"stats_year_{group}_ms"] = round(p50, 1)
 
-            # 2b. PostgreSQL, audit off.
-            prepare(data_dir, data_dir / "pg-off", url)
-            off, port = replay(
-                data_dir / "pg-off", requests, side, args.connections, url, audit=False
-            )
-            replay.proc.terminate()  # type: ignore[attr-defined]
-            replay.proc.wait(30)  # type: ignore[attr-defined]
-            print(f"  PostgreSQL, audit off: {off:,.0f} look-ups/s")
-            figures["pg_no_audit_lookups_s"] = round(off)
-            figures["audit_cost"] = round(1 - rate / off, 3)
-            print(f"  what the audit costs: {1 - rate / off:.0%} of the throughput without it")
-        finally:
-            asyncio.run(drop_pg_database(name))
+        # 2. What the audit costs: audit on and off, and SQLite, in alternating rounds (the
+        # machine is shared: a ratio from runs far apart in time would measure the neighbours).
+        off_url = database()
+        off = Gateway(prepare(data_dir, data_dir / "pg-off", off_url), off_url, False)
+        lite = Gateway(prepare(data_dir, data_dir / "sqlite", None), None, True)
+        off.start(requests, args.connections)
+        lite.start(requests, args.connections)
+        rounds: dict[str, list[float]] = {"on": [], "off": [], "sqlite": []}
+        for _ in range(ROUNDS):
+            for name, gw in (("on", pg), ("off", off), ("sqlite", lite)):
+                rounds[name].append(gw.rate(requests, side // ROUNDS, args.connections))
+        for gw in (pg, off, lite):
+            gw.stop()
+        on_rate, off_rate, lite_rate = (percentile(rounds[k], 50) for k in ("on", "off", "sqlite"))
+        cost = 1 - on_rate / off_rate
+        print(
+            f"  {ROUNDS} alternating rounds of {side // ROUNDS:,} look-ups, medians:"
+            f" PostgreSQL audit on {on_rate:,.0f}/s, off {off_rate:,.0f}/s"
+            f" (the audit costs {cost:.0%}); SQLite audit on {lite_rate:,.0f}/s"
+        )
+        figures |= {
+            "pg_audit_on_round_lookups_s": round(on_rate),
+            "pg_audit_off_round_lookups_s": round(off_rate),
+            "sqlite_audit_on_round_lookups_s": round(lite_rate),
+            "audit_cost": round(cost, 3),
+        }
 
-        # 2a. SQLite, audit on.
-        prepare(data_dir, data_dir / "sqlite", None)
-        lite, port = replay(data_dir / "sqlite", requests, side, args.connections, None)
-        replay.proc.terminate()  # type: ignore[attr-defined]
-        replay.proc.wait(30)  # type: ignore[attr-defined]
-        print(f"  SQLite, audit on:      {lite:,.0f} look-ups/s")
-        figures["sqlite_audit_lookups_s"] = round(lite)
+        # 3. Killed midway and restarted: every answered look-up has its record.
+        kill_url = database()
+        kill_dir = prepare(data_dir, data_dir / "pg-kill", kill_url)
+        run, killed_at = killed_midway(kill_dir, kill_url, requests, side, args.connections)
+        _, ids = asyncio.run(audited(kill_url))
+        missing = [i for i in run.answered if str(i) not in ids]
+        print(
+            f"  SIGKILL with {killed_at:,} answered and look-ups in flight, restarted:"
+            f" {len(run.answered):,} answered in all, {run.failed} cut off and sent again,"
+            f" {len(missing)} answered without an audit record"
+        )
+        assert not missing
+        figures |= {
+            "kill_answered": len(run.answered),
+            "kill_cut_off": run.failed,
+            "kill_missing_audit": len(missing),
+        }
     finally:
         for proc in GATEWAYS:
             if proc.poll() is None:
                 proc.kill()
         stop_process(sim)
+        for name in databases:
+            asyncio.run(drop_pg_database(name))
     print(json.dumps(figures))
 
 

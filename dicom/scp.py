@@ -19,7 +19,7 @@ from typing import Any
 from adapters import dimse_codec as codec
 from adapters.dimse import RETRIEVABLE_STORAGE
 from adapters.dimse_codec import Message
-from adapters.dul import Link
+from adapters.dul import REJECT_CALLED_AE, REJECT_CALLING_AE, REJECT_NO_REASON, Link
 from adapters.errors import UpstreamError
 from adapters.part10 import identify, part10
 from adapters.qr import (
@@ -35,12 +35,16 @@ from adapters.qr import (
 )
 from adapters.scp import QrScp
 from adapters.types import DimseEndpoint, RetrievedInstance, StoredInstance
+from gateway.access import Access
 from gateway.core import Core
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, GatewayError
+from gateway.identity import resolve_person
+from gateway.tokens import Principal, TokenError
 
 log = logging.getLogger(__name__)
 
 IDENTIFIER_MISMATCH = 0xA900
+NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.4)
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
 
@@ -52,9 +56,71 @@ class GatewayScp(QrScp):
         super().__init__(move_destinations or {})
         self.core = core
         self.ae_title = core.settings.ae_title
+        self._trusted = {
+            t.strip() for t in core.settings.trusted_calling_aes.split(",") if t.strip()
+        }
         self._pacs_titles = {
             f.imaging.ae_title: f.id for f in core.registry if isinstance(f.imaging, DimseEndpoint)
         }
+
+    # -- who is calling ------------------------------------------------------------------------
+
+    async def authorize(
+        self, link: Link, calling: str, called: str, token: bytes | None
+    ) -> int | None:
+        """The same rules as over HTTP: a bearer JWT sent by user identity negotiation, or
+        else a workstation (or PACS) AE title registered for a facility, which then acts as
+        that facility's clinician. Anyone else is refused at the door (and audited)."""
+        if called != self.ae_title and self.core.registry.get(called) is None:
+            await self._refused(calling, "called AE title is neither HUREN nor a facility")
+            return REJECT_CALLED_AE
+        if token is not None:
+            try:
+                link.user = self.core.tokens.verify(token.decode("ascii", "replace"))
+            except TokenError as exc:
+                await self._refused(calling, f"user identity: {exc.description}")
+                return REJECT_NO_REASON
+            return None
+        if calling in self._trusted:
+            link.user = Principal(
+                subject=f"ae:{calling}",
+                role="service",
+                facility_id=None,
+                scopes=frozenset({"system/*.rs", "system/ImagingStudy.c"}),
+            )
+            return None
+        facility = self.core.registry.by_workstation(calling)
+        fid = facility.id if facility is not None else self._pacs_titles.get(calling)
+        if fid is None:
+            await self._refused(calling, "calling AE title is not registered for a facility")
+            return REJECT_CALLING_AE
+        link.user = Principal(
+            subject=f"ae:{calling}",
+            role="clinician",
+            facility_id=fid,
+            scopes=frozenset({"user/*.rs", "user/ImagingStudy.c"}),
+            purpose_of_use="TREAT",
+        )
+        return None
+
+    async def _refused(self, calling: str, why: str) -> None:
+        access = Access(path=f"dimse:associate:{calling[:16]}", action="E", subtype="operation")
+        access.detail = why
+        await self.core.audit.record(access.record(401))
+
+    def _access(self, link: Link, operation: str, action: str, subtype: str) -> Access:
+        user = link.user
+        return Access(
+            path=f"dimse:{operation}",
+            action=action,
+            subtype=subtype,
+            principal=user if isinstance(user, Principal) else None,
+        )
+
+    async def _audited(self, access: Access, status: int) -> None:
+        """The request's audit record, durable before its answer is sent."""
+        access.audited = True
+        await self.core.audit.record(access.record(status))
 
     # -- C-FIND ------------------------------------------------------------------------------
 
@@ -62,45 +128,92 @@ class GatewayScp(QrScp):
         cx = request.context_id
         implicit = link.is_implicit(cx)
         query = read_identifier(request.dataset, implicit)
+        access = self._access(link, "C-FIND", "E", "search-type")
         try:
-            records = await self._query(query)
+            records = await self._query(query, access)
+        except Forbidden as exc:
+            access.detail = exc.detail
+            await self._audited(access, 403)
+            rsp = response(request, codec.C_FIND_RSP, NOT_AUTHORIZED)
+            rsp["ErrorComment"] = _comment(exc)
+            await link.send(cx, rsp)
+            return
         except (GatewayError, UpstreamError, TimeoutError) as exc:
+            access.detail = _comment(exc)
+            await self._audited(access, 502)
             rsp = response(request, codec.C_FIND_RSP, UNABLE_TO_PROCESS)
             rsp["ErrorComment"] = _comment(exc)
             await link.send(cx, rsp)
             return
         if records is None:
+            await self._audited(access, 400)
             await link.send(cx, response(request, codec.C_FIND_RSP, IDENTIFIER_MISMATCH))
             return
+        await self._audited(access, 200)
         for record in records:
             record = {**record, "00080054": {"vr": "AE", "Value": [self.ae_title]}}
             answer = link.encode_dataset(answer_for(record, query), implicit)
             await link.send(cx, response(request, codec.C_FIND_RSP, 0xFF00), answer)
         await link.send(cx, response(request, codec.C_FIND_RSP, 0x0000))
 
-    async def _query(self, query: Any) -> list[dict[str, Any]] | None:
+    async def _query(self, query: Any, access: Access) -> list[dict[str, Any]] | None:
         level = str(query.get("QueryRetrieveLevel", ""))
         match = match_of(query)
         imaging = self.core.imaging
+        policy = self.core.policy
         if level in ("PATIENT", "STUDY"):
             if level == "PATIENT":
                 match = {k: v for k, v in match.items() if k in PATIENT_KEYWORDS}
+            person = await self._named_patient(match)
+            if person is not None:
+                await policy.patient(access, person, "ImagingStudy", "s")
+            else:
+                policy.require_scope(access, "ImagingStudy", "s")
             result = await imaging.search_studies(match)
             if result.failures:
                 log.info("C-FIND answered without %d facilities", len(result.failures))
+            if person is None:  # anyone's studies: each shown only to who may see it
+                result.items = [
+                    (fid, ds)
+                    for fid, ds in result.items
+                    if await policy.may_read(access, await imaging.person_of(fid, ds), fid)
+                ]
+            access.holders.update(fid for fid, _ in result.items)
             studies = [ds for _, ds in result.items]
             return patients(studies) if level == "PATIENT" else studies
         study = match.pop("StudyInstanceUID", None)
         if not study:
             return None  # below STUDY level the study must be named (PS3.4 C.4.1.2.2)
+        holder = await self._authorized_holder(access, study)
         if level == "SERIES":
-            _, found = await imaging.search_series(None, study, match, None)
+            _, found = await imaging.search_series(holder, study, match, None)
             return found
         if level == "IMAGE":
             series = match.pop("SeriesInstanceUID", None)
-            _, found = await imaging.search_instances(None, study, series, match, None)
+            _, found = await imaging.search_instances(holder, study, series, match, None)
             return found
         return None
+
+    async def _named_patient(self, match: Mapping[str, Any]) -> str | None:
+        patient_id = str(match.get("PatientID", "") or "")
+        if not patient_id or "*" in patient_id or "?" in patient_id:
+            return None
+        issuer = match.get("IssuerOfPatientID")
+        return await resolve_person(
+            self.core.store, self.core.registry, patient_id, str(issuer) if issuer else None
+        )
+
+    async def _authorized_holder(self, access: Access, study: str) -> str:
+        """The study's holder, once the caller may read the study (else Forbidden)."""
+        imaging = self.core.imaging
+        fid = await imaging.holder(None, study)
+        person = await imaging.study_patient(fid, study)
+        access.holders.add(fid)
+        if person is not None:
+            await self.core.policy.patient(access, person, "ImagingStudy", "r", only_at=fid)
+        elif not await self.core.policy.may_read(access, None, fid):
+            raise Forbidden("the study's patient is not known here: only its facility reads it")
+        return fid
 
     # -- C-GET and C-MOVE --------------------------------------------------------------------
 
@@ -112,13 +225,26 @@ class GatewayScp(QrScp):
         if target is None:
             await link.send(request.context_id, response(request, field, IDENTIFIER_MISMATCH))
             return
+        operation = "C-GET" if destination is None else "C-MOVE"
+        access = self._access(link, operation, "R", "read")
         try:
-            _, instances = await self.core.imaging.retrieve(None, target)
+            holder = await self._authorized_holder(access, target.study)
+            _, instances = await self.core.imaging.retrieve(holder, target)
+        except Forbidden as exc:
+            access.detail = exc.detail
+            await self._audited(access, 403)
+            rsp = response(request, field, NOT_AUTHORIZED)
+            rsp["ErrorComment"] = _comment(exc)
+            await link.send(request.context_id, rsp)
+            return
         except (GatewayError, UpstreamError, TimeoutError) as exc:
+            access.detail = _comment(exc)
+            await self._audited(access, 502)
             rsp = response(request, field, UNABLE_TO_PROCESS)
             rsp["ErrorComment"] = _comment(exc)
             await link.send(request.context_id, rsp)
             return
+        await self._audited(access, 200)
         try:
             await send_suboperations(
                 link,
@@ -139,6 +265,19 @@ class GatewayScp(QrScp):
         rsp = response(request, codec.C_STORE_RSP, 0x0000)
         rsp["AffectedSOPInstanceUID"] = request.get("AffectedSOPInstanceUID", "")
         facility = called if self.core.registry.get(called) else self._pacs_titles.get(calling)
+        if facility is None and isinstance(link.user, Principal):
+            facility = link.user.facility_id  # a workstation stores into its own facility
+        access = self._access(link, "C-STORE", "C", "create")
+        if facility is not None:
+            try:
+                self.core.policy.store(access, facility)
+            except Forbidden as exc:
+                access.detail = exc.detail
+                await self._audited(access, 403)
+                rsp["Status"] = NOT_AUTHORIZED
+                rsp["ErrorComment"] = _comment(exc)
+                await link.send(request.context_id, rsp)
+                return
         ts = str(link.contexts[request.context_id].transfer_syntax[0])
         inst = None if facility is None else await asyncio.to_thread(identify, part10(request, ts))
         if facility is None:
@@ -154,6 +293,8 @@ class GatewayScp(QrScp):
             except (GatewayError, UpstreamError, TimeoutError) as exc:
                 rsp["Status"] = OUT_OF_RESOURCES
                 rsp["ErrorComment"] = _comment(exc)
+        status = int(rsp["Status"])
+        await self._audited(access, 200 if status == 0 or 0xB000 <= status <= 0xBFFF else 400)
         await link.send(request.context_id, rsp)
 
 

@@ -51,6 +51,9 @@ class Settings:
     probe_interval: float = 30.0
     #: C-MOVE destinations the SCP may send to: "AE=host:port,AE2=host:port".
     move_destinations: str = ""
+    #: Calling AE titles of the city platform's own systems (routers, archives): they act as
+    #: backend services (SMART system scopes), not for one facility. "AE1,AE2".
+    trusted_calling_aes: str = ""
     #: Where the keys that sign bearer tokens are: a JWKS file or an http(s) URL of one.
     #: None: the dev key pair in the data dir's keys/, which `huren token` signs with.
     auth_jwks: str | None = None

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from adapters.dul import Association
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
 from gateway.registry import load_registry
-from tests.city import City, free_port, open_gateway
+from tests.city import City, free_port, open_gateway, token
 
 pytestmark = pytest.mark.skipif(shutil.which("findscu") is None, reason="dcmtk is not installed")
 REGISTRY = load_registry()
@@ -51,7 +51,9 @@ class Gateway:
 async def gateway(city: City) -> AsyncIterator[Gateway]:
     mover = free_port()
     destinations = f"STORESCP=127.0.0.1:{mover}"
-    async with open_gateway(city, move_destinations=destinations) as (client, settings):
+    async with open_gateway(
+        city, move_destinations=destinations, trusted_calling_aes="VIEWER,MODALITY"
+    ) as (client, settings):
         yield Gateway(client, settings.dimse_port, mover)
 
 
@@ -255,3 +257,86 @@ async def test_findscu_below_study_level_without_a_study_is_refused(
     )
     assert "0xa900" in (proc.stderr + proc.stdout).lower() or not list(tmp_path.glob("rsp*"))
     assert (await asyncio.to_thread(gateway.dcmtk, "echoscu")).returncode == 0
+
+
+async def test_dimse_takes_only_registered_callers_and_applies_the_same_rules(
+    gateway: Gateway, city: City
+) -> None:
+    """An unknown calling AE is refused at association; a facility's registered workstation
+    sees its own patients' studies city-wide, not a stranger's (0x0124, audited); a bearer
+    token sent by user identity negotiation is not needed for that, and a forged one fails."""
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        ["echoscu", "-aet", "NOBODY", "-aec", "HUREN", "127.0.0.1", str(gateway.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "Rejected" in refused.stderr or "rejected" in refused.stderr.lower()
+
+    studies = city.studies()
+    person = next(
+        p
+        for p in city.patients()
+        if len(p["records"]) >= 2  # type: ignore[arg-type]
+        and any(s["national_id"] == p["national_id"] for s in studies)
+    )
+    nid = str(person["national_id"])
+    mine = sorted(person["records"])[0]  # type: ignore[call-overload]
+    stranger = next(f.id for f in REGISTRY if f.id not in person["records"])  # type: ignore[operator]
+
+    def find(calling: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "findscu",
+                "-v",
+                "-S",
+                "-aet",
+                calling,
+                "-aec",
+                "HUREN",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"PatientID={nid}",
+                "-k",
+                "StudyInstanceUID",
+                "127.0.0.1",
+                str(gateway.port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = await asyncio.to_thread(find, f"{mine}WS")
+    assert ok.returncode == 0, ok.stderr
+    assert "StudyInstanceUID" in ok.stderr or "0020,000d" in ok.stderr.lower()
+    denied = await asyncio.to_thread(find, f"{stranger}WS")
+    assert "Status: 0x124" in denied.stderr, denied.stderr  # Refused: Not Authorized
+
+    admin = {"Authorization": f"Bearer {token(city.data_dir, 'admin')}"}
+    resp = await gateway.client.get(
+        "/fhir/AuditEvent", params={"agent": f"ae:{stranger}WS"}, headers=admin
+    )
+    events = (await resp.json())["entry"]
+    assert events and events[0]["resource"]["outcome"] == "4"
+    assert events[0]["resource"]["entity"][-1]["what"]["display"] == "dimse:C-FIND"
+    resp = await gateway.client.get(
+        "/fhir/AuditEvent", params={"agent": f"ae:{mine}WS"}, headers=admin
+    )
+    assert (await resp.json())["entry"][0]["resource"]["outcome"] == "0"
+
+    # A forged token in user identity negotiation: the association is refused.
+    from adapters.dul import Association
+
+    with pytest.raises(Exception, match="rejected"):
+        await Association.open(
+            "127.0.0.1",
+            gateway.port,
+            calling_ae=f"{mine}WS",
+            called_ae="HUREN",
+            abstract_syntaxes=["1.2.840.10008.1.1"],
+            user_identity=b"not.a.jwt",
+        )
