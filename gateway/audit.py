@@ -63,7 +63,7 @@ audit_event = Table(
     Index("ix_audit_event_patient", "patient"),
     Index("ix_audit_event_facility", "facility"),
     Index("ix_audit_event_agent", "agent"),
-    Index("ix_audit_event_recorded", "recorded"),  # date searches
+    # No index on recorded: ids begin with the time, so a date search is an id range.
 )
 
 audit_lookup = Table(
@@ -146,6 +146,11 @@ class AuditRecord:
         return self.recorded.astimezone(CITY_TZ).date().isoformat()
 
 
+def _id_at(when: datetime) -> str:
+    """The smallest event id recorded at ``when`` or after."""
+    return f"{int(when.timestamp() * 1000):012x}"
+
+
 def new_event_id() -> str:
     """32 hex characters: milliseconds since the epoch, then 80 random bits (unique, not
     secret: nothing is guarded by knowing an event's id)."""
@@ -181,9 +186,12 @@ class AuditTrail:
     async def _write(self, batch: list[AuditRecord]) -> list[str]:
         events = [_event_row(r) for r in batch]
         lookups = [(r.id, r.day, r.facility or "", h) for r in batch for h in r.cross_holders]
-        async with self._writer.transaction() as insert:
-            await insert(audit_event, _EVENT_COLUMNS, events)
-            await insert(audit_lookup, ("event_id", "day", "requester", "holder"), lookups)
+        await self._writer.insert_all(
+            [
+                (audit_event, _EVENT_COLUMNS, events),
+                (audit_lookup, ("event_id", "day", "requester", "holder"), lookups),
+            ]
+        )
         if lookups and self._counters is not None:
             try:
                 await self._counters.add([(day, req, holder) for _, day, req, holder in lookups])
@@ -216,10 +224,11 @@ class AuditTrail:
             conditions.append((c.facility == facility) | _holds(facility))
         if entity_facility is not None:
             conditions.append(_holds(entity_facility))
+        # Ids begin with the milliseconds of `recorded`: bound them by the primary key.
         if since is not None:
-            conditions.append(c.recorded >= since)
+            conditions.append(c.id >= _id_at(since))
         if until is not None:
-            conditions.append(c.recorded < until)
+            conditions.append(c.id < _id_at(until))
         if before_id is not None:
             conditions.append(c.id < before_id)
         stmt = select(audit_event).where(*conditions).order_by(c.id.desc()).limit(limit)

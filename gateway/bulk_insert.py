@@ -96,6 +96,7 @@ class Writer:
         self._engine = engine
         self._dumps = json_dumps
         self._conn: AsyncConnection | None = None
+        self._dialect: Dialect | None = None
         self._driver: Any = None
 
     async def close(self) -> None:
@@ -103,15 +104,51 @@ class Writer:
             conn, self._conn, self._driver = self._conn, None, None
             await conn.close()
 
+    async def insert_all(self, parts: Sequence[tuple[Table, Sequence[str], Sequence[Row]]]) -> None:
+        """Insert into several tables at once, all or nothing. On PostgreSQL this is ONE
+        statement (the inserts as data-modifying WITH clauses), so a batch costs one round
+        trip and one commit: a group commit's latency is what its waiters wait."""
+        parts = [p for p in parts if p[2]]
+        if not parts:
+            return
+        await self._connect()
+        if self._driver is None:
+            async with self.transaction() as insert:
+                for table, columns, rows in parts:
+                    await insert(table, columns, rows)
+            return
+        dialect = self._dialect
+        assert dialect is not None
+        clauses, values = [], []
+        for n, (table, columns, rows) in enumerate(parts, start=1):
+            clauses.append(
+                f"i{n} AS ({_postgres_json_sql(table, tuple(columns), None, (), dialect, n)})"
+            )
+            values.append(
+                orjson.dumps(_prepared(table, columns, rows, dialect, self._dumps)).decode()
+            )
+        sql = f"WITH {', '.join(clauses)} SELECT 1"
+        try:
+            await self._driver.execute(sql, *values)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()
+            raise
+
+    async def _connect(self) -> None:
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+            self._dialect = self._conn.dialect
+            if self._conn.dialect.name == "postgresql":
+                raw = await self._conn.get_raw_connection()
+                self._driver = raw.driver_connection
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Inserter]:
         """One transaction: ``await insert(table, columns, rows, ...)`` as many times as
         needed; committed when the block ends, rolled back if it raises."""
-        if self._conn is None:
-            self._conn = await self._engine.connect()
-            if self._conn.dialect.name == "postgresql":
-                raw = await self._conn.get_raw_connection()
-                self._driver = raw.driver_connection
+        await self._connect()
+        assert self._conn is not None
         conn, dialect = self._conn, self._conn.dialect
         try:
             if self._driver is not None:
@@ -130,7 +167,7 @@ class Writer:
                             return []
                         conflict = tuple(skip_conflicts_on) if skip_conflicts_on else None
                         sql = _postgres_json_sql(
-                            table, tuple(columns), conflict, tuple(returning), dialect
+                            table, tuple(columns), conflict, tuple(returning), dialect, 1
                         )
                         ready = _prepared(table, columns, rows, dialect, self._dumps)
                         # The whole batch as one JSON text, parsed by the server: one C call
@@ -237,8 +274,10 @@ def _postgres_json_sql(
     conflict: tuple[str, ...] | None,
     returning: tuple[str, ...],
     dialect: Dialect,
+    param: int,
 ) -> str:
-    """INSERT ... SELECT from a JSON array of rows (each row an array, in column order)."""
+    """INSERT ... SELECT from a JSON array of rows (each row an array, in column order) in
+    parameter ``$param``."""
     q = dialect.identifier_preparer.quote
     selected = []
     for n, name in enumerate(columns):
@@ -248,7 +287,7 @@ def _postgres_json_sql(
         selected.append(f"{value}::{cast}")
     return (
         f"INSERT INTO {q(table.name)} ({', '.join(map(q, columns))}) "
-        f"SELECT {', '.join(selected)} FROM json_array_elements($1::json) AS r"
+        f"SELECT {', '.join(selected)} FROM json_array_elements(${param}::json) AS r"
         f"{_conflict_clause(conflict, q)}{_returning_clause(returning, q)}"
     )
 

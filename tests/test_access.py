@@ -423,3 +423,30 @@ async def test_lookup_statistics_match_the_audit(
     ):
         status, _ = await get(client, "/admin/stats/lookups", regulator, **bad)
         assert status == 400
+
+
+async def test_consent_and_referral_open_a_facility_to_a_patients_records(
+    client: TestClient,  # type: ignore[type-arg]
+    city: City,
+) -> None:
+    """A stranger facility is refused; once the patient consents to it (or is referred to
+    it) its clinicians read the records; a revoked consent closes them again."""
+    from gateway.consent import grant, revoke
+    from gateway.web import CORE
+
+    core = client.app[CORE]
+    person, _, _ = resident_with_studies_elsewhere(city)
+    nid = str(person["national_id"])
+    strangers = [f.id for f in REGISTRY if f.id not in person["records"]][:2]  # type: ignore[operator]
+    for stranger, kind in zip(strangers, ("consent", "referral"), strict=True):
+        doctor = bearer(city.data_dir, "clinician", facility=stranger, subject=f"dr-{kind}")
+        status, _ = await get(client, "/dicomweb/studies", doctor, PatientID=nid)
+        assert status == 403
+        grant_id = await grant(core.store, nid, stranger, kind, granted_by="test")  # type: ignore[arg-type]
+        core.policy.forget(nid)
+        status, studies = await get(client, "/dicomweb/studies", doctor, PatientID=nid)
+        assert status == 200 and studies
+        assert await revoke(core.store, grant_id, nid)
+        core.policy.forget(nid)
+        status, _ = await get(client, "/dicomweb/studies", doctor, PatientID=nid)
+        assert status == 403

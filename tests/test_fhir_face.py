@@ -63,6 +63,7 @@ async def test_metadata_is_a_valid_capability_statement(gateway: Gateway) -> Non
         "Patient",
         "Organization",
         "Endpoint",
+        "AuditEvent",
     }
 
 

@@ -16,6 +16,7 @@ from fhirpy import AsyncFHIRClient
 
 from adapters.mllp import MllpConnection
 from adapters.types import FhirEndpoint, Hl7v2Feed
+from fhirapi import audit_events as fhir_audit_events
 from fhirapi import patients as fhir_patients
 from fhirapi import search as fhir_search
 from fhirapi.search import capability_statement
@@ -414,3 +415,5 @@ def test_the_capability_statement_lists_exactly_what_search_accepts() -> None:
         assert set(by_type[rtype]["searchInclude"]) == fhir_search.INCLUDES[rtype]
     patient = {p["name"] for p in by_type["Patient"]["searchParam"]}
     assert patient == set(fhir_patients.SEARCH_PARAMS)
+    audit = {p["name"] for p in by_type["AuditEvent"]["searchParam"]}
+    assert audit == set(fhir_audit_events.SEARCH_PARAMS) - {"_before"}  # _before: next links
