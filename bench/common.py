@@ -21,13 +21,32 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
+def service_headers(data_dir: Path) -> dict[str, str]:
+    """A backend service's bearer token (SMART system scopes) for a gateway on ``data_dir``:
+    the benchmarks measure the search, not who may see it."""
+    from gateway.tokens import dev_keys, mint
+
+    pem, jwks = dev_keys(data_dir)
+    token = mint(pem, jwks["keys"][0]["kid"], subject="bench", role="service")
+    return {"Authorization": f"Bearer {token}"}
+
+
+#: What every benchmark's gateway runs with: answers come from the facilities each time.
+BENCH_ENV = {"HUREN_QUERY_CACHE_TTL": "0"}
+
+
 async def timed_queries(
-    url: str, n: int, *, concurrency: int = 1, params: dict[str, str] | None = None
+    url: str,
+    n: int,
+    *,
+    concurrency: int = 1,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], int, str]:
     """Run n searches; return latencies (ms), studies in the last answer, and its Warning."""
     latencies: list[float] = []
     last_count, warning = 0, ""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=headers) as session:
 
         async def one() -> None:
             nonlocal last_count, warning

@@ -30,7 +30,14 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import percentile, rss_bytes, timed_queries, wait_ready
+from bench.common import (
+    BENCH_ENV,
+    percentile,
+    rss_bytes,
+    service_headers,
+    timed_queries,
+    wait_ready,
+)
 from gateway.config import Settings
 from gateway.core import open_core
 from gateway.seed_import import import_seed
@@ -68,12 +75,12 @@ def make_big_study(root: Path, megabytes: int) -> tuple[str, list[Path]]:
     return study, paths
 
 
-async def stream(url: str) -> tuple[int, float]:
+async def stream(url: str, auth: dict[str, str] | None = None) -> tuple[int, float]:
     """GET a WADO-RS retrieval, reading it as it comes; return (bytes, seconds)."""
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         t = time.perf_counter()
-        async with session.get(url, headers=ACCEPT) as resp:
+        async with session.get(url, headers={**ACCEPT, **(auth or {})}) as resp:
             assert resp.status == 200, (resp.status, await resp.text())
             n = 0
             async for chunk in resp.content.iter_chunked(1 << 20):
@@ -131,15 +138,23 @@ def main() -> None:
     asyncio.run(prepare())
     sim, _ = start_simulator(data_dir)
     port = free_port()
-    env = {**os.environ, "HUREN_FEDERATION_DEADLINE": "2.0", "HUREN_DIMSE_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        **BENCH_ENV,
+        "HUREN_FEDERATION_DEADLINE": "2.0",
+        "HUREN_DIMSE_PORT": str(free_port()),
+    }
+    auth = service_headers(data_dir)
     gateway = subprocess.Popen(huren_command(data_dir, "serve", "--port", str(port)), env=env)
     orthanc = None
     figures: dict[str, float | int | str] = {"study_mb": round(size / 1e6), "instances": len(paths)}
     try:
         wait_ready(port)
         base = f"http://127.0.0.1:{port}"
-        asyncio.run(timed_queries(f"{base}/dicomweb/studies", 10))
-        qido, count, _ = asyncio.run(timed_queries(f"{base}/dicomweb/studies", queries))
+        asyncio.run(timed_queries(f"{base}/dicomweb/studies", 10, headers=auth))
+        qido, count, _ = asyncio.run(
+            timed_queries(f"{base}/dicomweb/studies", queries, headers=auth)
+        )
         print(
             f"QIDO through the gateway, 111 facilities: p50 {percentile(qido, 50):.1f} ms, "
             f"p99 {percentile(qido, 99):.1f} ms ({queries} queries, {count} studies each)"
@@ -156,7 +171,7 @@ def main() -> None:
             direct.append(n / secs)
             with RssWatch(gateway.pid) as watch:
                 m, secs = asyncio.run(
-                    stream(f"{base}/facilities/{FACILITY}/dicomweb/studies/{study}")
+                    stream(f"{base}/facilities/{FACILITY}/dicomweb/studies/{study}", auth)
                 )
             assert abs(m - n) < len(paths) * 256, (m, n)  # same instances (part headers differ)
             through.append(m / secs)

@@ -26,7 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.types import DicomWebEndpoint, DimseEndpoint
-from bench.common import cpu_seconds, percentile, timed_queries, wait_ready
+from bench.common import (
+    BENCH_ENV,
+    cpu_seconds,
+    percentile,
+    service_headers,
+    timed_queries,
+    wait_ready,
+)
 from gateway.config import Settings
 from gateway.core import open_core
 from gateway.registry import load_registry
@@ -61,7 +68,13 @@ def main() -> None:
     registry = load_registry()
     sim, control = start_simulator(data_dir, latency_ms=args.latency_ms)
     port = free_port()
-    env = {**os.environ, "HUREN_FEDERATION_DEADLINE": "1.0", "HUREN_BREAKER_RESET": "3600"}
+    env = {
+        **os.environ,
+        **BENCH_ENV,
+        "HUREN_FEDERATION_DEADLINE": "1.0",
+        "HUREN_BREAKER_RESET": "3600",
+    }
+    auth = service_headers(data_dir)
     gateway = subprocess.Popen(
         huren_command(data_dir, "serve", "--port", str(port)),
         env=env,
@@ -75,11 +88,13 @@ def main() -> None:
             f"fan-out to {len(registry)} facilities, {args.latency_ms:.0f} ms upstream latency each"
         )
 
-        asyncio.run(timed_queries(url, 10))  # warm up: connections, associations, caches
+        asyncio.run(
+            timed_queries(url, 10, headers=auth)
+        )  # warm up: connections, associations, caches
         direct_ms, _, _ = asyncio.run(timed_queries(f"{direct.imaging.url}/studies", n))
         print(f"  direct to one facility ({direct.id}): p50 {statistics.median(direct_ms):.1f} ms")
         cpu = (cpu_seconds(gateway.pid), cpu_seconds(sim.pid))
-        all_ms, count, warning = asyncio.run(timed_queries(url, n))
+        all_ms, count, warning = asyncio.run(timed_queries(url, n, headers=auth))
         gateway_cpu = (cpu_seconds(gateway.pid) - cpu[0]) / n * 1000
         sim_cpu = (cpu_seconds(sim.pid) - cpu[1]) / n * 1000
         assert not warning, warning
@@ -95,8 +110,10 @@ def main() -> None:
         city = City(data_dir, f"http://127.0.0.1:{control}", sim)
         for fid in dead:
             city.fault(fid, "down")
-        opening, _, _ = asyncio.run(timed_queries(url, 4))  # breakers open after 3 failures
-        dead_ms, count_dead, warning = asyncio.run(timed_queries(url, n))
+        opening, _, _ = asyncio.run(
+            timed_queries(url, 4, headers=auth)
+        )  # breakers open after 3 failures
+        dead_ms, count_dead, warning = asyncio.run(timed_queries(url, n, headers=auth))
         assert all(fid in warning for fid in dead), warning
         print(
             f"  5 dead: p50 {percentile(dead_ms, 50):.1f} ms p99 {percentile(dead_ms, 99):.1f} ms;"

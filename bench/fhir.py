@@ -42,7 +42,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from adapters.mllp import MllpConnection
 from adapters.types import Hl7v2Feed
-from bench.common import percentile, wait_ready
+from bench.common import BENCH_ENV, percentile, service_headers, wait_ready
 from gateway.config import Settings
 from gateway.core import open_core
 from gateway.registry import load_registry
@@ -138,7 +138,12 @@ def observation_search(
     asyncio.run(prepare())
     sim, _ = start_simulator(data_dir, latency_ms=20.0)
     http = free_port()
-    env = {**os.environ, "HUREN_MLLP_PORT": str(free_port()), "HUREN_DIMSE_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        **BENCH_ENV,
+        "HUREN_MLLP_PORT": str(free_port()),
+        "HUREN_DIMSE_PORT": str(free_port()),
+    }
     gateway = subprocess.Popen(huren_command(data_dir, "serve", "--port", str(http)), env=env)
     try:
         wait_ready(http)
@@ -149,7 +154,7 @@ def observation_search(
         bundles: list[dict[str, Any]] = []
 
         async def run() -> None:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers=service_headers(data_dir)) as session:
                 for i in range(queries + 10):
                     nid = people[i % len(people)]["national_id"]
                     t = time.perf_counter()

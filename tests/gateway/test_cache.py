@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,26 +10,6 @@ import redis.asyncio as aioredis
 
 from gateway.cache import Cache, CacheError, MemoryCache, RedisCache, open_cache
 from gateway.errors import ConfigError, GatewayError
-
-
-@pytest.fixture(params=["memory", "redis"])
-def cache_target(request: pytest.FixtureRequest) -> tuple[str | None, str]:
-    """(URL, namespace) of each kind of cache."""
-    if request.param == "memory":
-        return None, "huren:"
-    url: str = request.getfixturevalue("redis_url")
-    namespace: str = request.getfixturevalue("redis_namespace")
-    return url, namespace
-
-
-@pytest.fixture
-async def cache(cache_target: tuple[str | None, str]) -> AsyncIterator[Cache]:
-    url, namespace = cache_target
-    c = await open_cache(url, namespace=namespace)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_open_cache_kinds(cache: Cache, cache_target: tuple[str | None, str]) -> None:

@@ -30,26 +30,6 @@ Lookup = tuple[str, str, str]
 # --- Fixtures -----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-def cache_target(request: pytest.FixtureRequest) -> tuple[str | None, str]:
-    """(URL, namespace) of each kind of cache; Redis keys go under the test's own namespace."""
-    if request.param == "memory":
-        return None, "huren:"
-    url: str = request.getfixturevalue("redis_url")
-    namespace: str = request.getfixturevalue("redis_namespace")
-    return url, namespace
-
-
-@pytest.fixture
-async def cache(cache_target: tuple[str | None, str]) -> AsyncIterator[Cache]:
-    url, namespace = cache_target
-    c = await open_cache(url, namespace=namespace)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
 @pytest.fixture
 def counters(cache: Cache) -> LookupCounters:
     return LookupCounters(cache)
