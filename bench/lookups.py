@@ -199,6 +199,8 @@ def start_gateway(data_dir: Path, port: int, database_url: str | None, audit: bo
     }
     if database_url:
         env["HUREN_DATABASE_URL"] = database_url
+    if os.environ.get("BENCH_REDIS_URL"):
+        env["HUREN_REDIS_URL"] = os.environ["BENCH_REDIS_URL"]
     proc = subprocess.Popen(huren_command(data_dir, "serve"), env=env)
     GATEWAYS.append(proc)
     wait_ready(port)

@@ -69,6 +69,10 @@ class Cache(Protocol):
         """
         ...
 
+    async def incr_many(self, keys: Sequence[str], ttl: float) -> list[int]:
+        """:meth:`incr` by one of each key, in one round trip; the new values, in order."""
+        ...
+
     async def delete_many(self, keys: Iterable[str]) -> None:
         """Remove every key of ``keys`` that is present, values and hashes alike."""
         ...
@@ -198,6 +202,9 @@ class MemoryCache:
         self._put(key, str(new).encode("ascii"), deadline)
         return new
 
+    async def incr_many(self, keys: Sequence[str], ttl: float) -> list[int]:
+        return [await self.incr(key, ttl=ttl) for key in keys]
+
     async def hincrby_many(
         self, increments: Mapping[str, Mapping[str, int]], ttl: float | None = None
     ) -> None:
@@ -295,6 +302,19 @@ class RedisCache:
             return int(value)
         except RedisError as exc:
             raise CacheError(f"redis INCRBY {key!r} failed: {exc}") from exc
+
+    async def incr_many(self, keys: Sequence[str], ttl: float) -> list[int]:
+        _check_ttl(ttl)
+        try:
+            # One MULTI/EXEC for them all: a rate check is one round trip, not one per key.
+            async with self._client.pipeline(transaction=True) as pipe:
+                for key in keys:
+                    pipe.incrby(self._key(key), 1)
+                    pipe.pexpire(self._key(key), _ttl_ms(ttl), nx=True)
+                replies = await pipe.execute()
+            return [int(v) for v in replies[::2]]
+        except RedisError as exc:
+            raise CacheError(f"redis INCRBY of {len(keys)} keys failed: {exc}") from exc
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         names = [self._key(key) for key in keys]

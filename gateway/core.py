@@ -21,7 +21,7 @@ from .federation import Federation, FederationPolicy
 from .imaging import ImagingService
 from .lab import LabService
 from .lab_codes import DEFAULT_PATH, LabCodeMap
-from .lookup_stats import LookupCounters, rebuild
+from .lookup_stats import BufferedCounters, LookupCounters, rebuild
 from .rate_limit import RateLimiter
 from .readiness import Prober
 from .registry import Registry, load_registry
@@ -47,7 +47,7 @@ class Core:
     tokens: TokenVerifier
     policy: Policy
     audit: AuditTrail
-    lookups: LookupCounters
+    lookups: BufferedCounters
     rate_limiter: RateLimiter
     prober: Prober
     executor: ThreadPoolExecutor
@@ -92,10 +92,11 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         settings.auth_issuer,
         settings.auth_audience,
     )
-    lookups = LookupCounters(cache)
+    counters = LookupCounters(cache)
     if isinstance(cache, MemoryCache):
         # In-process counters start empty: count them again from the audit trail.
-        await rebuild(store.engine, lookups, table=audit_lookup)
+        await rebuild(store.engine, counters, table=audit_lookup)
+    lookups = BufferedCounters(counters)
     audit = AuditTrail(store, lookups, enabled=settings.audit)
     core = Core(
         settings=settings,
@@ -122,6 +123,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
     )
     probing: asyncio.Task[None] | None = None
     audit.start()
+    lookups.start()
     try:
         if probe:
             await prober.probe()
@@ -133,6 +135,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
             with contextlib.suppress(asyncio.CancelledError):
                 await probing
         await audit.stop()
+        await lookups.stop()
         await session.close()
         await upstreams.close()
         await cache.close()

@@ -45,6 +45,7 @@ class ImagingService:
         #: Seconds a facility's answer to a study search is reused (0: never).
         self.query_ttl = query_ttl
         self._answers: dict[str, tuple[float, list[DicomJson]]] = {}
+        self._generations: dict[str, tuple[float, bytes]] = {}
         self.registry = registry
         self.federation = federation
         self.upstreams = upstreams
@@ -97,7 +98,7 @@ class ImagingService:
         """
         if self.query_ttl <= 0:
             return await self.upstreams.imaging(fid).search_studies(query)
-        generation = await self.cache.get(f"qido-gen:{fid}") or b"0"
+        generation = await self._generation(fid)
         digest = hashlib.sha256(
             orjson.dumps([query.match, query.limit, query.include], option=orjson.OPT_SORT_KEYS)
         ).hexdigest()[:32]
@@ -117,6 +118,17 @@ class ImagingService:
             self._answers.clear()
         self._answers[key] = (now + self.query_ttl, found)
         return found
+
+    async def _generation(self, fid: str) -> bytes:
+        """The facility's query-cache generation, read from the shared cache at most once a
+        second (a store through another gateway process is seen within that second)."""
+        now = time.monotonic()
+        kept = self._generations.get(fid)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        generation = await self.cache.get(f"qido-gen:{fid}") or b"0"
+        self._generations[fid] = (now + GENERATION_SECONDS, generation)
+        return generation
 
     async def study_patient(self, fid: str, study: str) -> str | None:
         """The person (national ID) a study at ``fid`` belongs to, None when the gateway
@@ -246,6 +258,7 @@ class ImagingService:
             return await self._call(facility_id, lambda a: a.store(instances))
         finally:  # what was stored must be found by the next search
             await self.cache.incr(f"qido-gen:{facility_id}")
+            self._generations.pop(facility_id, None)
 
     def _adapter(self, fid: str) -> ImagingAdapter:
         if not self.federation.breaker(fid).allow():
@@ -274,6 +287,8 @@ class ImagingService:
             self.federation.breaker(fid).record_failure()
 
 
+#: Seconds a facility's query-cache generation is trusted without asking the shared cache.
+GENERATION_SECONDS = 1.0
 #: Parsed study-search answers kept in this process (the shared cache holds them as bytes).
 _ANSWERS_KEPT = 10_000
 #: Seconds the holder of a study is remembered.

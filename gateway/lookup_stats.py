@@ -65,7 +65,10 @@ none, "total" included, answers ``[]``::
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
+import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -77,7 +80,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .cache import Cache
 
-__all__ = ["Grouping", "LookupCounters", "rebuild", "reconcile"]
+__all__ = ["BufferedCounters", "Grouping", "LookupCounters", "rebuild", "reconcile"]
+
+log = logging.getLogger(__name__)
 
 Grouping = Literal["day", "requester", "holder", "pair", "total"]
 GROUPINGS: Final[tuple[Grouping, ...]] = get_args(Grouping)
@@ -451,3 +456,57 @@ async def rebuild(engine: AsyncEngine, counters: LookupCounters, *, table: Table
             await counters.add_counts(counts)
             total += sum(counts.values())
     return total
+
+
+class BufferedCounters:
+    """Look-ups counted in this process and written to the shared counters once a second.
+
+    Each write to the shared counters touches a few dozen hash fields per distinct (day,
+    pair); done per group-commit batch, in Redis, it cost more than the audit itself. Here a
+    batch only adds to a local tally. A process that dies loses at most the last second's
+    tally; the audit rows hold every look-up, and `rebuild` counts them again.
+    """
+
+    def __init__(self, counters: LookupCounters, *, interval: float = 1.0) -> None:
+        self.counters = counters
+        self._interval = interval
+        self._pending: Counter[tuple[str, str, str]] = Counter()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lookup-counters")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def add(self, lookups: Iterable[tuple[str, str, str]]) -> None:
+        self._pending.update(lookups)
+
+    async def flush(self) -> None:
+        """Write the tally to the shared counters (kept for the next try if that fails)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, Counter()
+        try:
+            await self.counters.add_counts(pending)
+        except Exception:
+            self._pending.update(pending)
+            raise
+
+    async def query(self, start: date, end: date, group_by: Grouping) -> list[dict[str, Any]]:
+        """As `LookupCounters.query`, this process's latest look-ups included."""
+        await self.flush()
+        return await self.counters.query(start, end, group_by)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("look-up counters not written; kept for the next try")

@@ -26,18 +26,17 @@ class RateLimiter:
         now = time.time()
         window = int(now // WINDOW_SECONDS)
         retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
+        limits: list[tuple[str, int, str]] = []
         if self._per_user:
-            n = await self._cache.incr(f"rate:u:{p.subject}:{window}", ttl=2 * WINDOW_SECONDS)
-            if n > self._per_user:
-                raise TooManyRequests(
-                    f"more than {self._per_user} requests a minute from this user",
-                    retry_after=retry_after,
-                )
+            limits.append((f"rate:u:{p.subject}:{window}", self._per_user, "this user"))
         if self._per_facility and p.facility_id:
             key = f"rate:f:{p.facility_id}:{window}"
-            n = await self._cache.incr(key, ttl=2 * WINDOW_SECONDS)
-            if n > self._per_facility:
+            limits.append((key, self._per_facility, p.facility_id))
+        if not limits:
+            return
+        counts = await self._cache.incr_many([k for k, _, _ in limits], ttl=2 * WINDOW_SECONDS)
+        for (_, limit, whom), n in zip(limits, counts, strict=True):
+            if n > limit:
                 raise TooManyRequests(
-                    f"more than {self._per_facility} requests a minute from {p.facility_id}",
-                    retry_after=retry_after,
+                    f"more than {limit} requests a minute from {whom}", retry_after=retry_after
                 )

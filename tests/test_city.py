@@ -171,7 +171,7 @@ async def test_fan_out_never_blocks_the_event_loop(core: Core) -> None:
     # A blocking DIMSE or file call would stall the loop for the whole upstream round trip,
     # on every fan-out; a shared machine may pause the process once in a while.
     lags.sort()
-    assert len(lags) > 5 and lags[int(len(lags) * 0.95)] < 0.05 and lags[-1] < 0.5, lags[-3:]
+    assert len(lags) > 5 and lags[-2] < 0.05 and lags[-1] < 0.5, lags[-3:]
 
 
 async def test_hl7_feed_of_a_facility_is_sent_and_acknowledged(city: City) -> None:
