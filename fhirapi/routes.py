@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import audit_events, directory, patients, search
+from . import audit_events, consents, directory, patients, search
 
 
 def setup(app: web.Application) -> None:
@@ -21,4 +21,8 @@ def setup(app: web.Application) -> None:
     for path in ("/fhir/AuditEvent", "/fhir/AuditEvent/{id}"):
         for method in ("POST", "PUT", "PATCH", "DELETE"):
             r.add_route(method, path, audit_events.refuse_change)
+    r.add_post("/fhir/Consent", consents.create)
+    r.add_get("/fhir/Consent", consents.search)
+    r.add_get("/fhir/Consent/{id}", consents.read)
+    r.add_delete("/fhir/Consent/{id}", consents.withdraw)
     r.add_get("/fhir/{type}", search.search)

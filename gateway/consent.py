@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from sqlalchemy import Column, Index, Integer, String, Table, and_, or_, select, update
 
@@ -103,16 +103,24 @@ async def active_grants(store: Store, person_key: str) -> list[Grant]:
     )
     async with store.engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-    return [
-        Grant(
-            id=r.id,
-            person_key=r.person_key,
-            facility_id=r.facility_id,
-            kind=r.kind,
-            granted_by=r.granted_by,
-            granted_at=r.granted_at,
-            expires_at=r.expires_at,
-            revoked_at=r.revoked_at,
-        )
-        for r in rows
-    ]
+    return [_grant(r) for r in rows]
+
+
+async def grant_by_id(store: Store, grant_id: int) -> Grant | None:
+    """One grant, whatever its state."""
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(select(care_grant).where(care_grant.c.id == grant_id))).first()
+    return _grant(row) if row is not None else None
+
+
+def _grant(r: Any) -> Grant:
+    return Grant(
+        id=r.id,
+        person_key=r.person_key,
+        facility_id=r.facility_id,
+        kind=r.kind,
+        granted_by=r.granted_by,
+        granted_at=r.granted_at,
+        expires_at=r.expires_at,
+        revoked_at=r.revoked_at,
+    )

@@ -82,7 +82,7 @@ DEFAULT_SCOPES: Mapping[Role, str] = {
     # Look up images and lab results across facilities; recording a decision is policy's.
     "clinician": "user/*.rs",
     # Residents read their own records: patient/ binds to the token's "patient" claim.
-    "resident": "patient/*.rs",
+    "resident": "patient/*.rs patient/Consent.cd",  # and they give or withdraw consent
     # Facility IT: check how the registry lists their facility and its endpoints.
     "integrator": "user/Organization.rs user/Endpoint.rs",
     # Oversight reads the audit trail and the facilities it names, not clinical data.

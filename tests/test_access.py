@@ -450,3 +450,61 @@ async def test_consent_and_referral_open_a_facility_to_a_patients_records(
         core.policy.forget(nid)
         status, _ = await get(client, "/dicomweb/studies", doctor, PatientID=nid)
         assert status == 403
+
+
+async def test_a_resident_records_and_withdraws_consent_through_fhir(
+    client: TestClient,  # type: ignore[type-arg]
+    city: City,
+) -> None:
+    """POST /fhir/Consent by the resident opens their records to one facility; the Consent
+    reads back as valid R4; DELETE withdraws it; nobody else records one for them."""
+    from fhir.resources.R4B.consent import Consent
+
+    person, _, _ = resident_with_studies_elsewhere(city)
+    nid = str(person["national_id"])
+    pid = patient_id_of(nid)
+    stranger = [f.id for f in REGISTRY if f.id not in person["records"]][2]  # type: ignore[operator]
+    doctor = bearer(city.data_dir, "clinician", facility=stranger, subject="dr-consented")
+    me = bearer(city.data_dir, "resident", patient=pid)
+    body = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{pid}"},
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {"coding": [{"code": "PRCP"}]},
+                    "reference": {"reference": f"Organization/{stranger}"},
+                }
+            ],
+        },
+    }
+    assert (await get(client, "/dicomweb/studies", doctor, PatientID=nid))[0] == 403
+    other = next(p for p in city.patients() if p["national_id"] != nid)
+    someone = bearer(city.data_dir, "resident", patient=patient_id_of(str(other["national_id"])))
+    assert (await client.post("/fhir/Consent", json=body, headers=someone)).status == 403
+    assert (await client.post("/fhir/Consent", json=body, headers=doctor)).status == 403
+    bad = await client.post("/fhir/Consent", json={**body, "status": "nonsense"}, headers=me)
+    assert bad.status == 400
+    made = await client.post("/fhir/Consent", json=body, headers=me)
+    assert made.status == 201, await made.text()
+    consent = await made.json()
+    Consent.model_validate(consent)
+    assert made.headers["Location"].endswith(f"/Consent/{consent['id']}")
+    assert (await get(client, "/dicomweb/studies", doctor, PatientID=nid))[0] == 200
+    status, listed = await get(client, "/fhir/Consent", me, patient=f"Patient/{pid}")
+    assert status == 200 and consent["id"] in {e["resource"]["id"] for e in listed["entry"]}
+    gone = await client.delete(f"/fhir/Consent/{consent['id']}", headers=me)
+    assert gone.status == 204
+    assert (await get(client, "/dicomweb/studies", doctor, PatientID=nid))[0] == 403
+    assert (await get(client, f"/fhir/Consent/{consent['id']}", me))[0] == 404

@@ -64,6 +64,7 @@ async def test_metadata_is_a_valid_capability_statement(gateway: Gateway) -> Non
         "Organization",
         "Endpoint",
         "AuditEvent",
+        "Consent",
     }
 
 

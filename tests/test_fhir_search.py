@@ -17,6 +17,7 @@ from fhirpy import AsyncFHIRClient
 from adapters.mllp import MllpConnection
 from adapters.types import FhirEndpoint, Hl7v2Feed
 from fhirapi import audit_events as fhir_audit_events
+from fhirapi import consents as fhir_consents
 from fhirapi import patients as fhir_patients
 from fhirapi import search as fhir_search
 from fhirapi.search import capability_statement
@@ -417,3 +418,5 @@ def test_the_capability_statement_lists_exactly_what_search_accepts() -> None:
     assert patient == set(fhir_patients.SEARCH_PARAMS)
     audit = {p["name"] for p in by_type["AuditEvent"]["searchParam"]}
     assert audit == set(fhir_audit_events.SEARCH_PARAMS) - {"_before"}  # _before: next links
+    consent = {p["name"] for p in by_type["Consent"]["searchParam"]}
+    assert consent == set(fhir_consents.SEARCH_PARAMS)
