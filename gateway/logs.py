@@ -18,10 +18,15 @@ from typing import Any
 _NATIONAL_ID = re.compile(r"(?<!\d)(\d{17}[\dXx]|\d{15})(?!\d)")
 # DICOM PN with a component separator, e.g. WANG^WEI or 王^伟.
 _PERSON_NAME = re.compile(r"[^\s\^=\"',;:]+\^[^\s\^=\"',;:]+(\^[^\s\"',;:]*)*")
+# A JSON Web Token (three base64url parts, the header starting {"), and whatever follows a
+# Bearer scheme: a token in a log is a credential anyone reading the log can use. aiohttp
+# logs a malformed request's headers whole.
+_TOKEN = re.compile(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*|(?<=Bearer )\S+", re.IGNORECASE)
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
+    text = _TOKEN.sub("[token]", text)
     return _PERSON_NAME.sub("[name]", _NATIONAL_ID.sub("[id]", text))
 
 

@@ -75,6 +75,15 @@ def test_redact_masks_national_ids_and_person_names() -> None:
     assert "F001" in out
 
 
+def test_redact_masks_bearer_tokens() -> None:
+    """A token in a log (aiohttp logs a malformed request's headers) is a usable credential."""
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJkciJ9.c2lnbmF0dXJl-_x"
+    for text in (f"Authorization: Bearer {jwt}", f"token={jwt} done", "Bearer opaque-123"):
+        out = redact(text)
+        assert jwt not in out and "opaque-123" not in out and "[token]" in out, out
+    assert redact("no secrets at F001") == "no secrets at F001"
+
+
 def test_log_records_are_json_and_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     """The JSON formatter carries extras; the filter scrubs message, args and extras."""
     handler = logging.StreamHandler()
