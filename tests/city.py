@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import Settings
 from seeds.generator import generate
+
+#: The aiohttp test client the gateway fixtures hand out.
+Client = TestClient[web.Request, web.Application]
 
 CITY_PATIENTS = 12
 CITY_SEED = 7
@@ -62,8 +66,8 @@ class City:
         )
         return data
 
-    def patients(self) -> list[dict[str, object]]:
-        data: list[dict[str, object]] = json.loads(
+    def patients(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = json.loads(
             (self.data_dir / "seed" / "patients.json").read_text(encoding="utf-8")
         )
         return data

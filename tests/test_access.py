@@ -15,7 +15,6 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -29,14 +28,14 @@ from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.registry import load_registry
 from gateway.storage import patient_id_of
 from gateway.tokens import DEV_ISSUER, dev_keys
-from tests.city import City, bearer, open_gateway
+from tests.city import City, Client, bearer, open_gateway
 
 REGISTRY = load_registry()
 IMAGING = {f.id for f in REGISTRY if f.imaging.kind != "none"}
 
 
 @pytest.fixture
-async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(city: City) -> AsyncIterator[Client]:
     async with open_gateway(city) as (client, _):
         yield client
 
@@ -46,7 +45,7 @@ def resident_with_studies_elsewhere(city: City) -> tuple[dict[str, Any], str, st
     facility of theirs that holds studies of them)."""
     studies = city.studies()
     for p in city.patients():
-        records = sorted(p["records"])  # type: ignore[arg-type]
+        records = sorted(p["records"])
         holders = {s["facility_id"] for s in studies if s["national_id"] == p["national_id"]}
         for holder in sorted(holders):
             others = [f for f in records if f != holder]
@@ -61,7 +60,7 @@ def stranger_facility(person: dict[str, Any]) -> str:
 
 
 async def get(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     path: str,
     headers: dict[str, str],
     **params: str,
@@ -92,7 +91,7 @@ def _hs256(claims: dict[str, Any], secret: bytes, kid: str) -> str:
 
 
 async def test_bad_tokens_are_refused_with_a_challenge(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     """Missing, forged, expired, wrong-audience and wrong-algorithm tokens: 401, with
@@ -147,7 +146,7 @@ async def test_bad_tokens_are_refused_with_a_challenge(
 
 
 async def test_a_clinician_reads_another_facilitys_records_only_with_a_reason(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     """Under their facility's care: allowed. Not: 403 in each face's form, unless the glass
@@ -217,7 +216,7 @@ async def test_a_clinician_reads_another_facilitys_records_only_with_a_reason(
 
 
 async def test_a_resident_sees_only_their_own_records(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     person, _, holder = resident_with_studies_elsewhere(city)
@@ -240,7 +239,7 @@ async def test_a_resident_sees_only_their_own_records(
     for s in studies:
         assert s["00100020"]["Value"][0] in (
             nid,
-            *[str(v) for v in person["records"].values()],  # type: ignore[union-attr]
+            *[str(v) for v in person["records"].values()],
         )
     # The resident reads who looked at their records, without staff names.
     status, trail = await get(client, "/fhir/AuditEvent", me)
@@ -255,7 +254,7 @@ async def test_a_resident_sees_only_their_own_records(
 
 @pytest.mark.parametrize("role", ["integrator", "regulator", "admin"])
 async def test_roles_without_patient_data_are_refused_it(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
     role: str,
 ) -> None:
@@ -282,7 +281,7 @@ async def test_roles_without_patient_data_are_refused_it(
 
 
 async def test_scopes_bound_what_a_token_reads(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     person, mine, _ = resident_with_studies_elsewhere(city)
@@ -298,7 +297,7 @@ async def test_scopes_bound_what_a_token_reads(
 
 
 async def test_the_audit_trail_cannot_be_changed(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     admin = bearer(city.data_dir, "admin")
@@ -331,7 +330,7 @@ async def test_the_audit_trail_cannot_be_changed(
 
 
 async def test_audit_search_by_patient_agent_entity_date_facility(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     person, mine, holder = resident_with_studies_elsewhere(city)
@@ -386,7 +385,7 @@ async def test_rate_limits_answer_429_with_retry_after(city: City) -> None:
 
 
 async def test_lookup_statistics_match_the_audit(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     """Each cross-institution look-up counts once per holder, in the counters and in the
@@ -426,7 +425,7 @@ async def test_lookup_statistics_match_the_audit(
 
 
 async def test_consent_and_referral_open_a_facility_to_a_patients_records(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     """A stranger facility is refused; once the patient consents to it (or is referred to
@@ -437,7 +436,7 @@ async def test_consent_and_referral_open_a_facility_to_a_patients_records(
     core = client.app[CORE]
     person, _, _ = resident_with_studies_elsewhere(city)
     nid = str(person["national_id"])
-    strangers = [f.id for f in REGISTRY if f.id not in person["records"]][:2]  # type: ignore[operator]
+    strangers = [f.id for f in REGISTRY if f.id not in person["records"]][:2]
     for stranger, kind in zip(strangers, ("consent", "referral"), strict=True):
         doctor = bearer(city.data_dir, "clinician", facility=stranger, subject=f"dr-{kind}")
         status, _ = await get(client, "/dicomweb/studies", doctor, PatientID=nid)
@@ -453,7 +452,7 @@ async def test_consent_and_referral_open_a_facility_to_a_patients_records(
 
 
 async def test_a_resident_records_and_withdraws_consent_through_fhir(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     city: City,
 ) -> None:
     """POST /fhir/Consent by the resident opens their records to one facility; the Consent
@@ -463,7 +462,7 @@ async def test_a_resident_records_and_withdraws_consent_through_fhir(
     person, _, _ = resident_with_studies_elsewhere(city)
     nid = str(person["national_id"])
     pid = patient_id_of(nid)
-    stranger = [f.id for f in REGISTRY if f.id not in person["records"]][2]  # type: ignore[operator]
+    stranger = [f.id for f in REGISTRY if f.id not in person["records"]][2]
     doctor = bearer(city.data_dir, "clinician", facility=stranger, subject="dr-consented")
     me = bearer(city.data_dir, "resident", patient=pid)
     body = {

@@ -69,12 +69,12 @@ async def test_national_id_finds_studies_at_every_facility_under_local_mrns(
 ) -> None:
     """The national ID number is translated to each facility's own MRN."""
     patients = city.patients()
-    person = max(patients, key=lambda p: len(p["records"]))  # type: ignore[arg-type]
+    person = max(patients, key=lambda p: len(p["records"]))
     nid = str(person["national_id"])
     result = await core.imaging.search_studies({"PatientID": nid})
     assert result.complete and result.items
     for fid, ds in result.items:
-        assert ds["00100020"]["Value"][0] == person["records"][fid]  # type: ignore[index]
+        assert ds["00100020"]["Value"][0] == person["records"][fid]
     assert len({fid for fid, _ in result.items}) >= 1
 
 

@@ -9,19 +9,18 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
 from gateway.registry import load_registry
-from tests.city import City, bearer, open_gateway
+from tests.city import City, Client, bearer, open_gateway
 
 REGISTRY = load_registry()
 KINDS = {"dicomweb": DicomWebEndpoint, "dimse": DimseEndpoint, "archive": NoImaging}
 
 
 @pytest.fixture
-async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(city: City) -> AsyncIterator[Client]:
     async with open_gateway(city) as (c, _):
         yield c
 
@@ -39,7 +38,7 @@ def _study_of_kind(city: City, kind: str) -> tuple[str, Path]:
 
 
 def _seed_instances(study_dir: Path) -> dict[str, pydicom.Dataset]:
-    out = {}
+    out: dict[str, pydicom.Dataset] = {}
     for path in study_dir.rglob("*.dcm"):
         ds = pydicom.dcmread(path)
         out[ds.SOPInstanceUID] = ds
@@ -49,10 +48,10 @@ def _seed_instances(study_dir: Path) -> dict[str, pydicom.Dataset]:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("through", ["facility", "federated"])
 async def test_retrieve_study_series_and_instance_byte_identical(
-    client: TestClient,
+    client: Client,
     city: City,
     kind: str,
-    through: str,  # type: ignore[type-arg]
+    through: str,
 ) -> None:
     """dicomweb-client retrieves a study, a series and an instance; pixels match the seed."""
     fid, study_dir = _study_of_kind(city, kind)
@@ -100,7 +99,7 @@ async def test_retrieve_study_series_and_instance_byte_identical(
         ("/facilities/F001/dicomweb/studies/1.2.3.999", 404),
     ],
 )
-async def test_bad_retrievals_get_dicom_errors(client: TestClient, path: str, status: int) -> None:  # type: ignore[type-arg]
+async def test_bad_retrievals_get_dicom_errors(client: Client, path: str, status: int) -> None:
     """Malformed UIDs are 400, unknown studies and facilities 404, in DICOM JSON."""
     resp = await client.get(path)
     assert resp.status == status, await resp.text()
@@ -109,9 +108,7 @@ async def test_bad_retrievals_get_dicom_errors(client: TestClient, path: str, st
         assert (await resp.json())[0]["00000902"]["Value"][0]
 
 
-async def test_retrieve_from_a_down_facility_is_502_then_503(
-    client: TestClient, city: City
-) -> None:  # type: ignore[type-arg]
+async def test_retrieve_from_a_down_facility_is_502_then_503(client: Client, city: City) -> None:
     """A facility that is down answers 502; once its breaker opens, 503 with Retry-After."""
     fid, study_dir = _study_of_kind(city, "dicomweb")
     city.fault(fid, "down")
@@ -123,7 +120,7 @@ async def test_retrieve_from_a_down_facility_is_502_then_503(
     assert resp.headers["Retry-After"] == "30"
 
 
-async def test_accept_negotiation(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_accept_negotiation(client: Client, city: City) -> None:
     """A rendered type on a retrieval is 406; a transfer syntax the instances are not stored in
     gets them as Explicit VR Little Endian, the syntax every client takes."""
     fid, study_dir = _study_of_kind(city, "dicomweb")
@@ -143,8 +140,8 @@ async def test_accept_negotiation(client: TestClient, city: City) -> None:  # ty
 
 
 async def test_unfound_study_while_a_facility_is_down_is_503_not_404(
-    client: TestClient,
-    city: City,  # type: ignore[type-arg]
+    client: Client,
+    city: City,
 ) -> None:
     """A study no answering facility holds is only 'not found' when every facility answered."""
     fid, _ = _study_of_kind(city, "dicomweb")

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient
 from pydicom.uid import generate_uid
 
 from adapters.dul import Association
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
 from gateway.registry import load_registry
-from tests.city import City, free_port, open_gateway, token
+from tests.city import City, Client, free_port, open_gateway, token
 
 pytestmark = pytest.mark.skipif(shutil.which("findscu") is None, reason="dcmtk is not installed")
 REGISTRY = load_registry()
@@ -26,7 +25,7 @@ KINDS = {"dicomweb": DicomWebEndpoint, "dimse": DimseEndpoint, "archive": NoImag
 
 
 class Gateway:
-    def __init__(self, client: TestClient, port: int, mover_port: int) -> None:  # type: ignore[type-arg]
+    def __init__(self, client: Client, port: int, mover_port: int) -> None:
         self.client = client
         self.port = port
         self.mover_port = mover_port
@@ -80,7 +79,7 @@ async def test_findscu_study_level_finds_a_resident_at_every_facility(
 ) -> None:
     """C-FIND STUDY by national ID returns the person's studies from every facility, each under
     that facility's MRN, with InstitutionName and RetrieveAETitle HUREN."""
-    person = max(city.patients(), key=lambda p: len(p["records"]))  # type: ignore[arg-type]
+    person = max(city.patients(), key=lambda p: len(p["records"]))
     proc = await asyncio.to_thread(
         gateway.dcmtk,
         "findscu",
@@ -101,7 +100,7 @@ async def test_findscu_study_level_finds_a_resident_at_every_facility(
     names = {f.name_zh: f.id for f in REGISTRY}
     for a in answers:
         fid = names[a.InstitutionName]
-        assert a.PatientID == records[fid]  # type: ignore[index]
+        assert a.PatientID == records[fid]
         assert a.RetrieveAETitle == "HUREN"
 
 
@@ -279,12 +278,11 @@ async def test_dimse_takes_only_registered_callers_and_applies_the_same_rules(
     person = next(
         p
         for p in city.patients()
-        if len(p["records"]) >= 2  # type: ignore[arg-type]
-        and any(s["national_id"] == p["national_id"] for s in studies)
+        if len(p["records"]) >= 2 and any(s["national_id"] == p["national_id"] for s in studies)
     )
     nid = str(person["national_id"])
-    mine = sorted(person["records"])[0]  # type: ignore[call-overload]
-    stranger = next(f.id for f in REGISTRY if f.id not in person["records"])  # type: ignore[operator]
+    mine = sorted(person["records"])[0]
+    stranger = next(f.id for f in REGISTRY if f.id not in person["records"])
 
     def find(calling: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

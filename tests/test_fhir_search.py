@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
 from fhirpy import AsyncFHIRClient
@@ -25,14 +24,14 @@ from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab_codes import LOCAL_SYSTEM_PREFIX, LOINC_SYSTEM, LabCodeMap
 from gateway.registry import load_registry
 from seeds.hl7_sender import messages_for_facility, parse_ack
-from tests.city import City, open_gateway, token
+from tests.city import City, Client, open_gateway, token
 
 REGISTRY = load_registry()
 FACILITY_SOURCE = "urn:huren:facility:"
 
 
 class Gateway:
-    def __init__(self, client: TestClient, mllp: int) -> None:  # type: ignore[type-arg]
+    def __init__(self, client: Client, mllp: int) -> None:
         self.client, self.mllp = client, mllp
 
     async def get(self, path: str, **params: str) -> Any:

@@ -5,29 +5,29 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 
 from adapters.types import DicomWebEndpoint
 from gateway.registry import load_registry
-from tests.city import City, bearer, open_gateway
+from tests.city import City, Client, bearer, open_gateway
 
 
 @pytest.fixture
-async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(city: City) -> AsyncIterator[Client]:
     async with open_gateway(city, probe=True, federation_deadline=1.0) as (c, _):
         yield c
 
 
-async def test_healthz(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_healthz(client: Client) -> None:
     """Liveness answers ok."""
     resp = await client.get("/healthz")
     assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
 
 
-async def test_readyz_reports_111_reachable_facilities(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_readyz_reports_111_reachable_facilities(client: Client) -> None:
     """/readyz has the contract's shape and every facility is reachable."""
     resp = await client.get("/readyz")
     body = await resp.json()
@@ -43,7 +43,7 @@ async def test_readyz_reports_111_reachable_facilities(client: TestClient) -> No
     }
 
 
-async def test_metrics_count_upstream_calls(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_metrics_count_upstream_calls(client: Client) -> None:
     """Prometheus text carries per-facility upstream counters after a search."""
     await client.get("/dicomweb/studies")
     text = await (await client.get("/metrics")).text()
@@ -54,7 +54,7 @@ async def test_metrics_count_upstream_calls(client: TestClient) -> None:  # type
     assert "huren_http_request_seconds_bucket" in text
 
 
-async def test_federated_qido_filters_and_names_the_holding_facility(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_federated_qido_filters_and_names_the_holding_facility(client: Client) -> None:
     """ModalitiesInStudy filters across facilities; each result has RetrieveURL and its holder."""
     resp = await client.get("/dicomweb/studies", params={"ModalitiesInStudy": "CT"})
     assert resp.status == 200 and resp.content_type == "application/dicom+json"
@@ -72,7 +72,7 @@ async def test_federated_qido_filters_and_names_the_holding_facility(client: Tes
     assert "Warning" not in resp.headers
 
 
-async def test_one_facility_endpoint_asks_only_that_facility(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_one_facility_endpoint_asks_only_that_facility(client: Client) -> None:
     """/facilities/{id}/dicomweb/studies answers from that facility alone."""
     studies = await (await client.get("/dicomweb/studies")).json()
     fid = studies[0]["00111001"]["Value"][0]
@@ -93,9 +93,9 @@ async def test_one_facility_endpoint_asks_only_that_facility(client: TestClient)
     ],
 )
 async def test_bad_qido_queries_get_a_dicom_json_error(
-    client: TestClient,
+    client: Client,
     query: str,
-    status: int,  # type: ignore[type-arg]
+    status: int,
 ) -> None:
     """Bad parameters are refused with the status and a DICOM JSON ErrorComment."""
     resp = await client.get(f"/dicomweb/studies?{query}")
@@ -105,14 +105,14 @@ async def test_bad_qido_queries_get_a_dicom_json_error(
     assert body[0]["00000902"]["vr"] == "LO" and body[0]["00000902"]["Value"][0]
 
 
-async def test_unknown_facility_is_404(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_unknown_facility_is_404(client: Client) -> None:
     """A facility not in the registry is a 404 in DICOM JSON form."""
     resp = await client.get("/facilities/F999/dicomweb/studies")
     assert resp.status == 404
     assert "F999" in (await resp.json())[0]["00000902"]["Value"][0]
 
 
-async def test_partial_failure_sets_warning_header(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_partial_failure_sets_warning_header(client: Client, city: City) -> None:
     """A facility that is down is named in a 299 Warning and in the per-facility detail."""
     down = next(
         f.id
@@ -130,24 +130,24 @@ async def test_partial_failure_sets_warning_header(client: TestClient, city: Cit
     assert all(ds["00111001"]["Value"][0] != down for ds in await resp.json())
 
 
-async def test_dicomweb_client_searches_through_the_gateway(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_dicomweb_client_searches_through_the_gateway(client: Client, city: City) -> None:
     """dicomweb-client (an independent client) runs QIDO studies search through the gateway."""
     url = str(client.make_url("/dicomweb"))
     patients = city.patients()
     nid = str(patients[0]["national_id"])
 
-    def search() -> list[dict[str, object]]:
+    def search() -> list[dict[str, Any]]:
         dw = DICOMwebClient(url=url, headers=bearer(city.data_dir))
-        found: list[dict[str, object]] = dw.search_for_studies(search_filters={"PatientID": nid})
+        found: list[dict[str, Any]] = dw.search_for_studies(search_filters={"PatientID": nid})
         return found
 
     studies = await asyncio.to_thread(search)
     assert studies
     records = patients[0]["records"]
-    assert all(s["00100020"]["Value"][0] == records[s["00111001"]["Value"][0]] for s in studies)  # type: ignore[index]
+    assert all(s["00100020"]["Value"][0] == records[s["00111001"]["Value"][0]] for s in studies)
 
 
-async def test_includefield_reaches_the_facilities(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_includefield_reaches_the_facilities(client: Client) -> None:
     """includefield=PatientAge comes back (empty if unknown) from DIMSE PACS, which are asked
     for it as a return key; an unknown includefield is a 400."""
     from adapters.types import DimseEndpoint

@@ -88,7 +88,7 @@ async def test_simulator_feed_is_stored_then_acknowledged(listener: Listener, ci
     assert body["accepted"] == reports and body["rejected"] == 0
     stored = await listener.store.hl7_messages(status="stored", limit=1000)
     assert len(stored) == reports
-    patients = {p["records"][fid]: p["national_id"] for p in city.patients() if fid in p["records"]}  # type: ignore[index,operator]
+    patients = {p["records"][fid]: p["national_id"] for p in city.patients() if fid in p["records"]}
     facility = next(f for f in REGISTRY if f.id == fid)
     found = 0
     for mrn, nid in patients.items():

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
 from gateway.registry import default_registry_path
-from tests.city import City, open_gateway
+from tests.city import City, Client, open_gateway
 from tests.orthanc import OrthancServer
 
 
@@ -57,7 +56,7 @@ def _registry_with_orthanc(path: Path, orthanc: OrthancServer) -> Path:
 async def stocked(orthanc: OrthancServer, city: City, tmp_path: Path) -> list[pydicom.Dataset]:
     """A new study uploaded to Orthanc: copies of seed instances under fresh UIDs."""
     study, series = generate_uid(), generate_uid()
-    out = []
+    out: list[pydicom.Dataset] = []
     for i, path in enumerate(sorted((city.data_dir / "seed" / "dicom").rglob("*.dcm"))[:3]):
         ds = pydicom.dcmread(path)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
@@ -71,7 +70,7 @@ async def stocked(orthanc: OrthancServer, city: City, tmp_path: Path) -> list[py
 
 
 @pytest.fixture
-async def client(city: City, orthanc: OrthancServer, tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(city: City, orthanc: OrthancServer, tmp_path: Path) -> AsyncIterator[Client]:
     registry = _registry_with_orthanc(tmp_path / "facilities.json", orthanc)
     async with open_gateway(city, probe=True, federation_deadline=3.0, registry_path=registry) as (
         c,
@@ -81,8 +80,8 @@ async def client(city: City, orthanc: OrthancServer, tmp_path: Path) -> AsyncIte
 
 
 async def test_orthanc_study_found_by_federated_search_both_ways(
-    client: TestClient,
-    stocked: list[pydicom.Dataset],  # type: ignore[type-arg]
+    client: Client,
+    stocked: list[pydicom.Dataset],
 ) -> None:
     """QIDO across 113 facilities finds the Orthanc study through F112 and F113, beside others."""
     study = stocked[0].StudyInstanceUID
@@ -99,9 +98,9 @@ async def test_orthanc_study_found_by_federated_search_both_ways(
 
 @pytest.mark.parametrize("fid", ["F112", "F113"])
 async def test_orthanc_study_retrieves_byte_identical(
-    client: TestClient,
+    client: Client,
     stocked: list[pydicom.Dataset],
-    fid: str,  # type: ignore[type-arg]
+    fid: str,
 ) -> None:
     """WADO-RS through the gateway, relayed from Orthanc's DICOMweb or fetched by C-GET."""
     headers = {"Authorization": client.session.headers["Authorization"]}
@@ -115,9 +114,9 @@ async def test_orthanc_study_retrieves_byte_identical(
 
 
 async def test_orthanc_metadata_bulk_data_is_served_by_the_gateway(
-    client: TestClient,
+    client: Client,
     stocked: list[pydicom.Dataset],
-    orthanc: OrthancServer,  # type: ignore[type-arg]
+    orthanc: OrthancServer,
 ) -> None:
     """Orthanc's own bulk data URLs never reach the client: they point at the gateway."""
     ds = stocked[0]

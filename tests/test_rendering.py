@@ -10,16 +10,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from tests.city import City, open_gateway
+from tests.city import City, Client, open_gateway
 from tests.test_dicomweb_face import KINDS, REGISTRY
 
 
 @pytest.fixture
-async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(city: City) -> AsyncIterator[Client]:
     async with open_gateway(city) as (c, _):
         yield c
 
@@ -43,7 +42,7 @@ def _url(fid: str, ds: pydicom.Dataset, tail: str = "") -> str:
     )
 
 
-async def test_rendered_jpeg_png_window_and_viewport(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_rendered_jpeg_png_window_and_viewport(client: Client, city: City) -> None:
     """JPEG by default, PNG on Accept; the viewport bounds the size; windows change the image."""
     fid, ds = _ct(city)
     resp = await client.get(_url(fid, ds, "/rendered"), params={"viewport": "32,32"})
@@ -62,7 +61,7 @@ async def test_rendered_jpeg_png_window_and_viewport(client: TestClient, city: C
     assert a.shape == (ds.Rows, ds.Columns) and abs(a.mean() - b.mean()) > 5
 
 
-async def test_thumbnails_of_instance_series_and_study(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_thumbnails_of_instance_series_and_study(client: Client, city: City) -> None:
     """Thumbnails are small JPEGs for an instance, a series, a study."""
     fid, ds = _ct(city)
     base = f"/facilities/{fid}/dicomweb/studies/{ds.StudyInstanceUID}"
@@ -76,7 +75,7 @@ async def test_thumbnails_of_instance_series_and_study(client: TestClient, city:
         assert max(Image.open(io.BytesIO(await resp.read())).size) <= 128
 
 
-async def test_frames_are_the_stored_pixel_bytes(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_frames_are_the_stored_pixel_bytes(client: Client, city: City) -> None:
     """frames/1 of a single-frame instance is its PixelData, as octet-stream."""
     fid, ds = _ct(city)
     resp = await client.get(_url(fid, ds, "/frames/1"))
@@ -99,12 +98,12 @@ async def test_frames_are_the_stored_pixel_bytes(client: TestClient, city: City)
     ],
 )
 async def test_bad_render_requests(
-    client: TestClient,
+    client: Client,
     city: City,
     tail: str,
     params: dict[str, str],
     accept: str,
-    status: int,  # type: ignore[type-arg]
+    status: int,
 ) -> None:
     """Bad frame numbers, windows, viewports, qualities and media types: DICOM JSON errors."""
     fid, ds = _ct(city)
@@ -113,8 +112,8 @@ async def test_bad_render_requests(
 
 
 async def test_jpeg2000_source_renders_and_transcodes(
-    client: TestClient, city: City, tmp_path: Path
-) -> None:  # type: ignore[type-arg]
+    client: Client, city: City, tmp_path: Path
+) -> None:
     """A JPEG 2000 instance stored through STOW renders, and comes back decompressed to
     Explicit VR Little Endian when the client asks only for that."""
     _, original = _ct(city)
@@ -163,7 +162,7 @@ def _save(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-async def test_metadata_points_bulk_data_at_the_gateway(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_metadata_points_bulk_data_at_the_gateway(client: Client, city: City) -> None:
     """Metadata carries PixelData as a BulkDataURI of this gateway; fetching it gives the pixels."""
     fid, ds = _ct(city)
     meta = await (await client.get(_url(fid, ds, "/metadata"))).json()

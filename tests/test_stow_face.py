@@ -7,17 +7,16 @@ from collections.abc import AsyncIterator
 
 import pydicom
 import pytest
-from aiohttp.test_utils import TestClient
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
 import dicom.stow
-from tests.city import City, bearer, open_gateway
+from tests.city import City, Client, bearer, open_gateway
 from tests.test_dicomweb_face import KINDS, REGISTRY
 
 
 @pytest.fixture
-async def client(city: City) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(city: City) -> AsyncIterator[Client]:
     async with open_gateway(city) as (c, _):
         yield c
 
@@ -26,7 +25,7 @@ def _fresh_instances(city: City, n: int = 2) -> list[pydicom.Dataset]:
     """Copies of seed instances under a new study: nobody holds them yet."""
     paths = sorted((city.data_dir / "seed" / "dicom").rglob("*.dcm"))[:n]
     study, series = generate_uid(), generate_uid()
-    out = []
+    out: list[pydicom.Dataset] = []
     for path in paths:
         ds = pydicom.dcmread(path)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
@@ -63,9 +62,9 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 async def test_stow_then_retrieve_through_the_gateway(
-    client: TestClient,
+    client: Client,
     city: City,
-    kind: str,  # type: ignore[type-arg]
+    kind: str,
 ) -> None:
     """dicomweb-client stores into a facility; the gateway then returns the same pixels."""
     fid = _facility(kind)
@@ -88,7 +87,7 @@ async def test_stow_then_retrieve_through_the_gateway(
     assert [s["00111001"]["Value"][0] for s in found] == [fid]
 
 
-async def test_stow_mixed_good_and_bad_parts_is_202(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_stow_mixed_good_and_bad_parts_is_202(client: Client, city: City) -> None:
     """A part that is not DICOM fails with 0xC000; the good one is stored: 202."""
     fid = _facility("archive")
     good = _fresh_instances(city, 1)[0]
@@ -100,7 +99,7 @@ async def test_stow_mixed_good_and_bad_parts_is_202(client: TestClient, city: Ci
     assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
 
 
-async def test_stow_all_bad_is_409_and_gateway_keeps_serving(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_stow_all_bad_is_409_and_gateway_keeps_serving(client: Client) -> None:
     """Nothing storable: 409 with a failure per part; the gateway still answers after."""
     body, headers = _multipart(b"junk one", b"junk two")
     resp = await client.post(
@@ -111,7 +110,7 @@ async def test_stow_all_bad_is_409_and_gateway_keeps_serving(client: TestClient)
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_stow_truncated_body_keeps_what_arrived_whole(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_stow_truncated_body_keeps_what_arrived_whole(client: Client, city: City) -> None:
     """A body cut off mid-part: the whole parts before it are stored and reported."""
     fid = _facility("archive")
     first, second = _fresh_instances(city, 2)
@@ -131,9 +130,9 @@ async def test_stow_truncated_body_keeps_what_arrived_whole(client: TestClient, 
 
 
 async def test_stow_oversized_instance_is_refused(
-    client: TestClient,
+    client: Client,
     city: City,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An instance over the size limit fails with 0xA700 (out of resources), unread."""
     monkeypatch.setattr(dicom.stow, "MAX_INSTANCE_BYTES", 1000)
@@ -145,7 +144,7 @@ async def test_stow_oversized_instance_is_refused(
     assert (await resp.json())["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
 
 
-async def test_stow_to_a_named_study_refuses_other_studies(client: TestClient, city: City) -> None:  # type: ignore[type-arg]
+async def test_stow_to_a_named_study_refuses_other_studies(client: Client, city: City) -> None:
     """POST .../studies/{uid} with an instance of another study: 0xC122 for that instance."""
     ds = _fresh_instances(city, 1)[0]
     body, headers = _multipart(_bytes(ds))
@@ -172,7 +171,7 @@ async def test_stow_to_a_named_study_refuses_other_studies(client: TestClient, c
         ),
     ],
 )
-async def test_stow_refusals(client: TestClient, path: str, ctype: str, status: int) -> None:  # type: ignore[type-arg]
+async def test_stow_refusals(client: Client, path: str, ctype: str, status: int) -> None:
     """Unknown facility 404; not multipart/related of application/dicom 415; in DICOM JSON."""
     resp = await client.post(path, data=b"--x--\r\n", headers={"Content-Type": ctype})
     assert resp.status == status

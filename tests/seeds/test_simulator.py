@@ -207,7 +207,8 @@ async def test_fhirpy_searches_a_lab_system_by_national_id(city: City) -> None:
     assert obs and all(o["subject"]["reference"] == f"Patient/{patient['id']}" for o in obs)
     # LOINC, or a local code the city's ConceptMap maps to LOINC.
     codes = LabCodeMap.load()
-    assert all(codes.standard_code(codes.translate(o.serialize())) for o in obs)
+    resources = [o.serialize() for o in obs]  # type: ignore[no-untyped-call]
+    assert all(codes.standard_code(codes.translate(r)) for r in resources)
 
 
 async def test_down_refuses_connections_and_garbage_answers_junk(city: City) -> None:
