@@ -12,6 +12,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from gateway.federation import FederatedResult, OutcomeStatus
 from gateway.guard import access_of
 from gateway.identity import is_national_id, resolve_person
+from gateway.recognition import Verdict, city_today, facts_of_study
 from gateway.registry import Registry
 from gateway.web import CORE
 
@@ -22,9 +23,16 @@ DICOM_JSON = "application/dicom+json"
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-# Private block naming the facility that holds a result; viewers ignore it safely (PS3.5 7.8).
+# Private block naming the facility that holds a result and the study's recognition verdict
+# (互认); viewers ignore private elements they do not know, safely (PS3.5 7.8).
 PRIVATE_CREATOR = "HUREN"
 _CREATOR_TAG, _FACILITY_TAG = "00110010", "00111001"
+#: (0011,1002) CS "HR" when the study carries the mark; (0011,1003) CS YES/NO recognised by the
+#: asking facility today; (0011,1004) LO catalogue version; (0011,1005) LO catalogue item;
+#: (0011,1006) LO reasons (multi-valued: the recognition-reason codes); (0011,1007) DA the last
+#: day the images count.
+MARK_TAG, RECOGNISED_TAG, CATALOGUE_TAG = "00111002", "00111003", "00111004"
+ITEM_TAG, REASONS_TAG, VALID_UNTIL_TAG = "00111005", "00111006", "00111007"
 
 
 def parse_match(query: Any) -> tuple[dict[str, str], int, int]:
@@ -91,8 +99,23 @@ async def search_studies(request: web.Request) -> web.Response:
         ]
     access.holders.update(fid for fid, _ in result.items)
     base = f"{request.scheme}://{request.host}"
-    datasets = [annotate(ds, fid, core.registry, base) for fid, ds in result.items]
-    return _federated_response(result, datasets[offset : offset + limit])
+    page = result.items[offset : offset + limit]
+    verdicts: list[dict[str, Any]] = [{} for _ in page]
+    if core.settings.verdicts:
+        asker = access.principal.facility_id if access.principal else None
+        series = await core.imaging.series_of_studies(page)
+        on = city_today()
+        verdicts = [
+            verdict_elements(
+                core.recognition.verdict(facts_of_study(ds, fid, _parts(listed)), asker, on)
+            )
+            for (fid, ds), listed in zip(page, series, strict=True)
+        ]
+    datasets = [
+        annotate(ds, fid, core.registry, base, extra)
+        for (fid, ds), extra in zip(page, verdicts, strict=True)
+    ]
+    return _federated_response(result, datasets)
 
 
 async def _named_patient(request: web.Request, match: dict[str, str]) -> str | None:
@@ -109,8 +132,15 @@ async def _named_patient(request: web.Request, match: dict[str, str]) -> str | N
     return await resolve_person(core.store, core.registry, patient_id, issuer)
 
 
-def annotate(ds: dict[str, Any], fid: str, registry: Registry, base: str) -> dict[str, Any]:
-    """Add RetrieveURL (at the dataset's level), InstitutionName, and the holding facility."""
+def annotate(
+    ds: dict[str, Any],
+    fid: str,
+    registry: Registry,
+    base: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add RetrieveURL (at the dataset's level), InstitutionName, the holding facility, and
+    ``extra`` elements of the private block (a study's recognition verdict)."""
     out = dict(ds)
     url = f"{base}/facilities/{fid}/dicomweb/studies/{_value(out, '0020000D')}"
     if "0020000E" in out:
@@ -122,7 +152,31 @@ def annotate(ds: dict[str, Any], fid: str, registry: Registry, base: str) -> dic
         out["00080080"] = {"vr": "LO", "Value": [registry[fid].name_zh]}
     out[_CREATOR_TAG] = {"vr": "LO", "Value": [PRIVATE_CREATOR]}
     out[_FACILITY_TAG] = {"vr": "LO", "Value": [fid]}
+    out.update(extra or {})
     return dict(sorted(out.items()))
+
+
+def verdict_elements(v: Verdict) -> dict[str, Any]:
+    """The verdict as elements of the private block ``annotate`` opens."""
+    out: dict[str, Any] = {
+        RECOGNISED_TAG: {"vr": "CS", "Value": ["YES" if v.recognised else "NO"]},
+        CATALOGUE_TAG: {"vr": "LO", "Value": [v.catalogue]},
+    }
+    if v.mark is not None:
+        out[MARK_TAG] = {"vr": "CS", "Value": [v.mark]}
+    if v.item is not None:
+        out[ITEM_TAG] = {"vr": "LO", "Value": [v.item.id]}
+    if v.reasons:
+        out[REASONS_TAG] = {"vr": "LO", "Value": [str(r) for r in v.reasons]}
+    if v.valid_until is not None:
+        out[VALID_UNTIL_TAG] = {"vr": "DA", "Value": [v.valid_until.strftime("%Y%m%d")]}
+    return out
+
+
+def _parts(series: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(modality, body part) of each series that says both."""
+    found = ((_value(s, "00080060"), _value(s, "00180015")) for s in series)
+    return [(m, b) for m, b in found if m and b]
 
 
 def _value(ds: dict[str, Any], tag: str) -> str:

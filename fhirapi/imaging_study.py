@@ -4,6 +4,7 @@ with an Endpoint for retrieving it through the gateway's WADO-RS."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.federation import FederatedResult
@@ -13,7 +14,14 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _CHINA = "+08:00"
 
 
-def imaging_study(fid: str, ds: dict[str, Any], registry: Registry) -> dict[str, Any]:
+def imaging_study(
+    fid: str,
+    ds: dict[str, Any],
+    registry: Registry,
+    series: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The ImagingStudy of a study-level DICOM JSON dataset held at ``fid``, with its
+    ``series`` (series-level datasets) where they were asked for."""
     uid = _v(ds, "0020000D")
     facility = registry[fid]
     study: dict[str, Any] = {
@@ -53,13 +61,47 @@ def imaging_study(fid: str, ds: dict[str, Any], registry: Registry) -> dict[str,
     description = _v(ds, "00081030")
     if description:
         study["description"] = str(description)
+    listed = [s for s in (_series(one) for one in series) if s is not None]
+    if listed:
+        study["series"] = listed
     return study
 
 
-def studies(result: FederatedResult[Any], registry: Registry) -> FederatedResult[Any]:
-    """The same federated result with each DICOM JSON study as an ImagingStudy."""
+def _series(ds: dict[str, Any]) -> dict[str, Any] | None:
+    """An ImagingStudy.series; None without the UID and modality R4 requires of one."""
+    uid, modality = _v(ds, "0020000E"), _v(ds, "00080060")
+    if not uid or not modality:
+        return None
+    out: dict[str, Any] = {"uid": str(uid), "modality": {"system": DCM, "code": str(modality)}}
+    number = _v(ds, "00200011")
+    if number not in (None, ""):
+        out["number"] = int(number)
+    description = _v(ds, "0008103E")
+    if description:
+        out["description"] = str(description)
+    count = _v(ds, "00201209")
+    if count not in (None, ""):
+        out["numberOfInstances"] = int(count)
+    body_part = _v(ds, "00180015")
+    if body_part:
+        # DICOM's Body Part Examined as written (PS3.16 CID 4031 has no FHIR code system).
+        out["bodySite"] = {"display": str(body_part)}
+    return out
+
+
+def studies(
+    result: FederatedResult[Any],
+    registry: Registry,
+    series: Sequence[Sequence[dict[str, Any]]] | None = None,
+) -> FederatedResult[Any]:
+    """The same federated result with each DICOM JSON study as an ImagingStudy (with the
+    series listed in ``series``, one list per study, where given)."""
     out: FederatedResult[Any] = FederatedResult(outcomes=result.outcomes)
-    out.items = [(fid, imaging_study(fid, ds, registry)) for fid, ds in result.items]
+    per_study = series if series is not None else [()] * len(result.items)
+    out.items = [
+        (fid, imaging_study(fid, ds, registry, listed))
+        for (fid, ds), listed in zip(result.items, per_study, strict=True)
+    ]
     out.items.sort(key=lambda pair: str(pair[1].get("started", "")), reverse=True)
     return out
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import audit_events, consents, directory, patients, search
+from . import (
+    audit_events,
+    conformance,
+    consents,
+    decisions,
+    directory,
+    patients,
+    recognition,
+    search,
+)
 
 
 def setup(app: web.Application) -> None:
@@ -25,4 +34,17 @@ def setup(app: web.Application) -> None:
     r.add_get("/fhir/Consent", consents.search)
     r.add_get("/fhir/Consent/{id}", consents.read)
     r.add_delete("/fhir/Consent/{id}", consents.withdraw)
+    # The conformance resources Huren publishes (fhir/): definitions, no patient data.
+    r.add_get("/fhir/ValueSet/$expand", conformance.expand)
+    r.add_get("/fhir/ValueSet/{id}/$expand", conformance.expand)
+    for rtype in sorted(conformance.SERVED):
+        r.add_get(f"/fhir/{rtype}", conformance.search)
+        r.add_get(f"/fhir/{rtype}/{{id}}", conformance.read)
+    # Mutual recognition: verdicts, priors before ordering, clinicians' decisions.
+    r.add_get("/fhir/$recognized-priors", recognition.recognized_priors)
+    r.add_post("/fhir/$recognized-priors", recognition.recognized_priors)
+    r.add_post("/fhir/{type}/$recognition", recognition.recognition)
+    r.add_post("/fhir/Basic", decisions.create)
+    r.add_get("/fhir/Basic", decisions.search)
+    r.add_get("/fhir/Basic/{id}", decisions.read)
     r.add_get("/fhir/{type}", search.search)

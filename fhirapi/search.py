@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 from aiohttp import web
 
 from gateway.federation import FederatedResult
@@ -29,6 +30,7 @@ from . import imaging_study
 from . import params as P
 from .outcome import FhirError, fhir_response, outcome
 from .patients import base_url, patient_resource, person_for_identifier
+from .verdicts import Judge
 
 SEARCHABLE: Final = ("Observation", "DiagnosticReport", "ImagingStudy")
 _COMMON: Final = frozenset(
@@ -110,18 +112,23 @@ async def search(request: web.Request) -> web.Response:
         await request.app[CORE].policy.patient(access, criteria.person.person_key, rtype, "s")
     else:
         request.app[CORE].policy.require_scope(access, rtype, "s")
-    found = await _run(request, criteria)
+    found = await fetch(request, criteria)
     matches = [
-        _entry(request, _as_ours(resource, criteria.person, fid), "match")
+        entry(request, as_ours(resource, criteria.person, fid), "match")
         for fid, resource in found.items
         if _keep(resource, criteria)
     ]
     if criteria.oldest_first:
         matches.reverse()  # the services answer newest first
-    access.holders.update(_holder(e["resource"]) for e in matches)
+    judge = Judge.for_request(request)
+    for e in matches:
+        judge.mark(e["resource"])
+    access.holders.update(holder_of(e["resource"]) for e in matches)
     if criteria.summary_count:
         return fhir_response(_searchset(request, len(matches), [], None))
     included, links = await _included(request, criteria, [e["resource"] for e in matches])
+    for e in included.values():
+        judge.mark(e["resource"])
     kept = {
         # Who ran the search, and whose records it holds: only they page through it.
         "subject": access.principal.subject if access.principal else None,
@@ -129,13 +136,13 @@ async def search(request: web.Request) -> web.Response:
         "holders": sorted(access.holders),
         "total": len(matches),
         "matches": matches,
-        "outcomes": _outcome_entries(found),
+        "outcomes": outcome_entries(found),
         "included": included,
         "links": links,
     }
     key = uuid.uuid4().hex
     cache = request.app[CORE].cache
-    await cache.set(f"fhir-page:{key}", json.dumps(kept).encode(), ttl=PAGE_TTL)
+    await cache.set(f"fhir-page:{key}", orjson.dumps(kept), ttl=PAGE_TTL)
     return fhir_response(_paged(request, rtype, key, kept, 0, criteria.count))
 
 
@@ -198,11 +205,13 @@ async def _person(request: web.Request, rtype: str) -> Person | None:
 # -- running it -------------------------------------------------------------------------------
 
 
-async def _run(request: web.Request, c: Criteria) -> FederatedResult[Any]:
+async def fetch(request: web.Request, c: Criteria) -> FederatedResult[Any]:
     if c.person is None:
         return FederatedResult(outcomes={})
     if c.rtype == "ImagingStudy":
-        return imaging_study.studies(await _studies(request, c), request.app[CORE].registry)
+        found = await _studies(request, c)
+        series = await request.app[CORE].imaging.series_of_studies(found.items)
+        return imaging_study.studies(found, request.app[CORE].registry, series)
     return await request.app[CORE].lab.search(_lab_query(c.rtype, c))
 
 
@@ -264,7 +273,7 @@ def _keep(resource: dict[str, Any], c: Criteria) -> bool:
 # -- entries, includes, pages -----------------------------------------------------------------
 
 
-def _as_ours(resource: dict[str, Any], person: Person | None, fid: str) -> dict[str, Any]:
+def as_ours(resource: dict[str, Any], person: Person | None, fid: str) -> dict[str, Any]:
     """The resource as the gateway answers it: meta.source names the facility that holds it,
     and the subject points at the gateway's Patient (each facility names the patient its own
     way; the facility's own identifier stays with the reference where it gave one)."""
@@ -278,11 +287,11 @@ def _as_ours(resource: dict[str, Any], person: Person | None, fid: str) -> dict[
     return out
 
 
-def _holder(resource: dict[str, Any]) -> str:
+def holder_of(resource: dict[str, Any]) -> str:
     return str(resource.get("meta", {}).get("source", "")).removeprefix(FACILITY_SOURCE_PREFIX)
 
 
-def _entry(request: web.Request, resource: dict[str, Any], mode: str) -> dict[str, Any]:
+def entry(request: web.Request, resource: dict[str, Any], mode: str) -> dict[str, Any]:
     return {
         "fullUrl": f"{base_url(request)}/{resource['resourceType']}/{resource.get('id')}",
         "resource": resource,
@@ -302,7 +311,7 @@ async def _included(
     if c.includes & {f"{c.rtype}:patient", f"{c.rtype}:subject"}:
         patient = await patient_resource(request, c.person)
         url = f"{base}/Patient/{patient['id']}"
-        included[url] = _entry(request, patient, "include")
+        included[url] = entry(request, patient, "include")
         for refs in links:
             refs.append(url)
     if "DiagnosticReport:result" in c.includes:
@@ -310,8 +319,8 @@ async def _included(
         observations = await request.app[CORE].lab.search(_lab_query("Observation", c))
         for fid, obs in observations.items:
             if f"Observation/{obs.get('id')}" in wanted:
-                entry = _entry(request, _as_ours(obs, c.person, fid), "include")
-                included[entry["fullUrl"]] = entry
+                found = entry(request, as_ours(obs, c.person, fid), "include")
+                included[found["fullUrl"]] = found
         for report, refs in zip(matches, links, strict=True):
             refs += [
                 url
@@ -321,7 +330,7 @@ async def _included(
     return included, links
 
 
-def _outcome_entries(found: FederatedResult[Any]) -> list[dict[str, Any]]:
+def outcome_entries(found: FederatedResult[Any]) -> list[dict[str, Any]]:
     entries = []
     for failed in found.failures:
         text = f"facility {failed.facility_id} did not answer ({failed.status.value})"
@@ -348,7 +357,7 @@ async def _page(request: web.Request, rtype: str) -> web.Response:
     raw = await request.app[CORE].cache.get(f"fhir-page:{key}") if key.isalnum() else None
     if raw is None:
         raise FhirError(410, "not-found", "this search has expired: run it again")
-    kept = json.loads(raw)
+    kept = orjson.loads(raw)
     access = access_of(request)
     if access.principal is None or kept["subject"] != access.principal.subject:
         raise FhirError(410, "not-found", "this search has expired: run it again")

@@ -12,6 +12,7 @@ from aiohttp import web
 from .audit import audit_event, audit_lookup
 from .guard import access_of
 from .lookup_stats import Grouping, reconcile
+from .recognition_decisions import statistics as decision_statistics
 from .tokens import DEV_ISSUER, ROLES
 from .web import CORE
 
@@ -24,6 +25,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/.well-known/smart-configuration", smart_configuration)
     app.router.add_get("/admin/stats/lookups", lookup_stats)
     app.router.add_get("/admin/stats/break-glass", break_glass_stats)
+    app.router.add_get("/admin/stats/recognition", recognition_stats)
 
 
 async def smart_configuration(request: web.Request) -> web.Response:
@@ -43,6 +45,7 @@ async def smart_configuration(request: web.Request) -> web.Response:
             "user/Observation.rs",
             "user/DiagnosticReport.rs",
             "user/AuditEvent.rs",
+            "user/Basic.c",
         ],
         "capabilities": [
             "permission-v2",
@@ -110,6 +113,47 @@ async def break_glass_stats(request: web.Request) -> web.Response:
             "to": end.isoformat(),
             "rows": rows,
             "total": sum(r["count"] for r in rows),
+        }
+    )
+
+
+async def recognition_stats(request: web.Request) -> web.Response:
+    """Mutual recognition for the regulator: recognition rate by holding facility, deciding
+    facility and item; re-tests by reason; re-tests avoided; and how many facilities had
+    passed quality control on the last day of the range."""
+    core = request.app[CORE]
+    core.policy.require_role(access_of(request), *STATS_ROLES)
+    start, end = _range(request)
+    facility = request.query.get("facility")
+    if facility is not None and core.registry.get(facility) is None:
+        raise _bad(f"no facility {facility!r} in the registry")
+    unknown = sorted(set(request.query) - {"from", "to", "facility"})
+    if unknown:
+        raise _bad(f"unknown parameters {unknown}")
+    stats = await decision_statistics(core.store, since=start, until=end, facility=facility)
+    catalogue = core.recognition.catalogue
+    for row in stats["by_item"]:
+        item = catalogue.items.get(row["item"])
+        row["name_zh"] = item.name_zh if item else None
+    qc_on_day = {
+        kind: len(
+            {
+                q.facility
+                for q in catalogue.quality_control
+                if q.kind == kind and q.passed <= end <= q.valid_until
+            }
+        )
+        for kind in ("lab", "imaging")
+    }
+    return web.json_response(
+        {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "facility": facility,
+            "catalogue": catalogue.version,
+            "retest_reasons": "urn:huren:CodeSystem/retest-reason",
+            "facilities_passing_quality_control": qc_on_day,
+            **stats,
         }
     )
 

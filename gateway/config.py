@@ -37,6 +37,8 @@ class Settings:
     registry_path: Path | None = None
     #: None: the ConceptMap of facilities' local lab codes shipped in seeds/.
     lab_codes_path: Path | None = None
+    #: None: the recognition catalogue shipped in seeds/ (items, windows, QC, scopes).
+    recognition_catalogue_path: Path | None = None
     #: Seconds one federated query may take, all facilities together; answers after this
     #: are dropped and the facility reported as timed out.
     federation_deadline: float = 2.0
@@ -68,11 +70,17 @@ class Settings:
     #: Write an audit record of every access before answering. Off only to measure what it
     #: costs (bench/lookups.py): the contract is that it is on.
     audit: bool = True
+    #: Give every result the gateway answers its recognition verdict. Off only to measure
+    #: what verdicts cost (bench/recognition.py).
+    verdicts: bool = True
     #: Requests a minute per user and per facility (0: no limit); over it, 429.
     rate_limit_user: int = 1200
     rate_limit_facility: int = 60000
     #: Seconds a facility's answer to a study search is reused (0: never).
     query_cache_ttl: float = 10.0
+    #: Seconds the series of a study (modality, body part: what recognition looks at) are
+    #: reused. Studies rarely change; a store through the gateway starts afresh at once.
+    study_series_ttl: float = 3600.0
 
     @classmethod
     def load(

@@ -24,6 +24,9 @@ from .lab_codes import DEFAULT_PATH, LabCodeMap
 from .lookup_stats import BufferedCounters, LookupCounters, rebuild
 from .rate_limit import RateLimiter
 from .readiness import Prober
+from .recognition import Recognition
+from .recognition_catalogue import load_catalogue
+from .recognition_decisions import recognition_decision  # noqa: F401  (its table is created)
 from .registry import Registry, load_registry
 from .storage import Store, database_url_for
 from .tokens import TokenVerifier
@@ -44,6 +47,7 @@ class Core:
     imaging: ImagingService
     lab: LabService
     lab_codes: LabCodeMap
+    recognition: Recognition
     tokens: TokenVerifier
     policy: Policy
     audit: AuditTrail
@@ -57,6 +61,9 @@ class Core:
 async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[Core]:
     registry = await asyncio.to_thread(load_registry, settings.registry_path)
     lab_codes = await asyncio.to_thread(LabCodeMap.load, settings.lab_codes_path or DEFAULT_PATH)
+    catalogue = await asyncio.to_thread(
+        load_catalogue, settings.recognition_catalogue_path, registry
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="huren-worker")
     store = await Store.open(database_url_for(settings.data_dir, settings.database_url))
@@ -107,10 +114,17 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         federation=federation,
         upstreams=upstreams,
         imaging=ImagingService(
-            registry, federation, upstreams, store, cache, query_ttl=settings.query_cache_ttl
+            registry,
+            federation,
+            upstreams,
+            store,
+            cache,
+            query_ttl=settings.query_cache_ttl,
+            series_ttl=settings.study_series_ttl,
         ),
         lab=LabService(registry, federation, upstreams, store, lab_codes),
         lab_codes=lab_codes,
+        recognition=Recognition(catalogue, registry),
         tokens=tokens,
         policy=Policy(store),
         audit=audit,

@@ -135,6 +135,9 @@ Try:  curl -s {base}/readyz | python3 -m json.tool | head
            '{base}/dicomweb/studies?PatientID={doctor.patient}'
       curl -s -H "Authorization: Bearer $TOKEN" \
            '{base}/fhir/Observation?patient.identifier={doctor.patient}'
+      # before ordering a chest CT: which priors does {doctor.facility} recognise (互认)?
+      curl -s -H "Authorization: Bearer $TOKEN" \
+           '{base}/fhir/$recognized-priors?patient={doctor.patient}&modality=CT&bodySite=CHEST'
       findscu -S -aec {settings.ae_title} -k QueryRetrieveLevel=STUDY -k StudyInstanceUID \
               {settings.host} {settings.dimse_port}
 

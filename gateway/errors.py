@@ -27,6 +27,10 @@ class RegistryError(GatewayError, ValueError):
         self.field = field
 
 
+class CatalogueError(GatewayError, ValueError):
+    """The recognition catalogue does not validate; the message names the entry and field."""
+
+
 class NotFound(GatewayError, LookupError):
     """No facility holds what was asked for (a study, series, instance or facility)."""
 

@@ -31,6 +31,9 @@ PUBLIC_PATHS: Final = frozenset(
         "/openapi.json",
     }
 )
+#: Resource types whose instances are definitions (the conformance resources in fhir/): read
+#: by anyone, like the CapabilityStatement that points at them.
+PUBLIC_FHIR_TYPES: Final = ("StructureDefinition", "CodeSystem", "ValueSet", "OperationDefinition")
 #: A header a clinician sends, with a reason, to break the glass (allowed, flagged, reported).
 BREAK_GLASS_HEADER: Final = "Huren-Break-Glass"
 _MAX_REASON: Final = 500
@@ -48,9 +51,16 @@ def access_of(request: web.Request) -> Access:
     return access
 
 
+def is_public(path: str) -> bool:
+    if path in PUBLIC_PATHS:
+        return True
+    parts = path.split("/")
+    return len(parts) >= 3 and parts[1] == "fhir" and parts[2] in PUBLIC_FHIR_TYPES
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if is_public(request.path):
         return await handler(request)
     access = _access(request)
     request[ACCESS_KEY] = access

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import orjson
 
@@ -41,9 +41,12 @@ class ImagingService:
         cache: Cache,
         *,
         query_ttl: float = 10.0,
+        series_ttl: float = 3600.0,
     ) -> None:
         #: Seconds a facility's answer to a study search is reused (0: never).
         self.query_ttl = query_ttl
+        #: Seconds a study's list of series is reused (0: never).
+        self.series_ttl = series_ttl
         self._answers: dict[str, tuple[float, list[DicomJson]]] = {}
         self._generations: dict[str, tuple[float, bytes]] = {}
         self.registry = registry
@@ -157,6 +160,43 @@ class ImagingService:
                 return patient_id
             return await self.store.person_for(facility.mrn_system, patient_id)
         return await resolve_person(self.store, self.registry, patient_id, issuer)
+
+    async def study_series(self, fid: str, study: str) -> list[DicomJson]:
+        """The series of a study held at ``fid``, with their modality and body part (what
+        recognition looks at, and what an ImagingStudy lists); [] when the facility cannot
+        say. Reused for ``series_ttl`` seconds: a store through the gateway starts a new
+        generation for the facility, so what it adds is seen at once."""
+        query = StudyQuery(match={}, limit=None, include=SERIES_INCLUDE)
+        key = None
+        if self.series_ttl > 0:
+            generation = await self._generation(fid)
+            key = f"study-series:{fid}:{generation.decode()}:{study}"
+            cached = await self.cache.get(key)
+            if cached is not None:
+                found: list[DicomJson] = orjson.loads(cached)
+                return found
+        try:
+            found = await self._call(fid, lambda a: a.search_series(study, query))
+        except (UpstreamError, FacilityUnavailable, NotFound):
+            return []
+        if key is not None:
+            await self.cache.set(key, orjson.dumps(found), ttl=self.series_ttl)
+        return found
+
+    async def series_of_studies(
+        self, studies: Sequence[tuple[str, DicomJson]]
+    ) -> list[list[DicomJson]]:
+        """``study_series`` of each (facility, study-level dataset), asked side by side."""
+        limit = asyncio.Semaphore(16)
+
+        async def one(fid: str, ds: DicomJson) -> list[DicomJson]:
+            uid = _first(ds, "0020000D")
+            if uid is None:
+                return []
+            async with limit:
+                return await self.study_series(fid, uid)
+
+        return list(await asyncio.gather(*(one(fid, ds) for fid, ds in studies)))
 
     # -- one study, at the facility that holds it -------------------------------------------
 
@@ -291,6 +331,9 @@ class ImagingService:
 GENERATION_SECONDS = 1.0
 #: Parsed study-search answers kept in this process (the shared cache holds them as bytes).
 _ANSWERS_KEPT = 10_000
+#: What a series search asks for beyond the defaults: the body part (PS3.18 Table 10.6.1-5
+#: does not return it unless asked).
+SERIES_INCLUDE: Final = ("BodyPartExamined",)
 #: Seconds the holder of a study is remembered.
 STUDY_HOLDER_TTL = 600.0
 

@@ -79,8 +79,9 @@ DEFAULT_AUDIENCE = "huren"
 
 #: Scopes a minted token gets when none are asked for: the least each role's work needs.
 DEFAULT_SCOPES: Mapping[Role, str] = {
-    # Look up images and lab results across facilities; recording a decision is policy's.
-    "clinician": "user/*.rs",
+    # Look up images and lab results across facilities, and record recognition decisions
+    # (Basic: accept or re-test a recognised result).
+    "clinician": "user/*.rs user/Basic.c",
     # Residents read their own records: patient/ binds to the token's "patient" claim.
     "resident": "patient/*.rs patient/Consent.cd",  # and they give or withdraw consent
     # Facility IT: check how the registry lists their facility and its endpoints.

@@ -175,7 +175,7 @@ async def open_gateway(
 
     from gateway.app import build_app
     from gateway.core import open_core
-    from gateway.guard import PUBLIC_PATHS
+    from gateway.guard import is_public
     from gateway.seed_import import import_seed
     from gateway.web import CORE
 
@@ -206,7 +206,7 @@ async def open_gateway(
             status = exc.status
             raise
         finally:
-            if request.path not in PUBLIC_PATHS:
+            if not is_public(request.path):
                 seen.append((request.path, status))
 
     app.middlewares.insert(0, note)

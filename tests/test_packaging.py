@@ -72,6 +72,26 @@ def test_a_bad_registry_file_is_refused_at_start_up(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_bad_recognition_catalogue_is_refused_at_start_up(tmp_path: Path) -> None:
+    """A catalogue with a negative validity window does not start the gateway; the message
+    names the item."""
+    catalogue = json.loads((ROOT / "seeds" / "recognition.json").read_text(encoding="utf-8"))
+    catalogue["items"][3]["validity_days"] = -7
+    bad = tmp_path / "recognition.json"
+    bad.write_text(json.dumps(catalogue, ensure_ascii=False), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--data-dir", str(tmp_path), "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HUREN_RECOGNITION_CATALOGUE_PATH": str(bad), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 1
+    code = catalogue["items"][3]["code"]
+    assert f"items[3] ({code}): validity_days must be a positive" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_file_is_accepted() -> None:
     """`docker-compose config` accepts the file: gateway, simulator, Redis, PostgreSQL."""
