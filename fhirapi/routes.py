@@ -37,9 +37,9 @@ def setup(app: web.Application) -> None:
     # The conformance resources Huren publishes (fhir/): definitions, no patient data.
     r.add_get("/fhir/ValueSet/$expand", conformance.expand)
     r.add_get("/fhir/ValueSet/{id}/$expand", conformance.expand)
-    for rtype in sorted(conformance.SERVED):
-        r.add_get(f"/fhir/{rtype}", conformance.search)
-        r.add_get(f"/fhir/{rtype}/{{id}}", conformance.read)
+    served = "|".join(sorted(conformance.SERVED))
+    r.add_get(f"/fhir/{{type:{served}}}", conformance.search)
+    r.add_get(f"/fhir/{{type:{served}}}/{{id}}", conformance.read)
     # Mutual recognition: verdicts, priors before ordering, clinicians' decisions.
     r.add_get("/fhir/$recognized-priors", recognition.recognized_priors)
     r.add_post("/fhir/$recognized-priors", recognition.recognized_priors)

@@ -459,3 +459,44 @@ async def test_recognition_operation_and_other_facilities(scene: Scene) -> None:
 
     resp = await s.client.post("/fhir/ImagingStudy/$recognition", json=report, headers=s.clinician)
     assert resp.status == 400
+
+
+async def test_who_may_decide_and_who_reads_the_statistics(scene: Scene) -> None:
+    """Only a clinician who may read the patient's records records a decision; statistics
+    are for regulators and admins, and refuse what they do not understand."""
+    s = scene
+    body = _decision(s.patient, f"ImagingStudy/{CT_AT}-x", CT_AT, "accept")
+    stranger = bearer(s.city.data_dir, "clinician", facility="F050", subject="dr-far")
+    resident = bearer(s.city.data_dir, "resident", patient=s.patient, subject="me")
+    regulator = bearer(s.city.data_dir, "regulator", subject="wjw")
+    for headers in (stranger, resident, regulator):
+        resp = await s.client.post("/fhir/Basic", json=body, headers=headers)
+        assert resp.status == 403, await resp.text()
+        assert (await resp.json())["resourceType"] == "OperationOutcome"
+    resp = await s.client.get("/admin/stats/recognition", headers=s.clinician)
+    assert resp.status == 403
+    for params in ({"facility": "F999"}, {"from": "last week"}, {"colour": "red"}):
+        resp = await s.client.get("/admin/stats/recognition", params=params, headers=regulator)
+        assert resp.status == 400, (params, await resp.text())
+    stats = await (await s.client.get("/admin/stats/recognition", headers=regulator)).json()
+    assert stats["facilities_passing_quality_control"]["lab"] >= 26
+    assert stats["catalogue"]
+
+
+async def test_conformance_resources_are_public_and_valid(scene: Scene) -> None:
+    """The ValueSet of re-test reasons and the verdict's StructureDefinition are read without
+    a token, as the CapabilityStatement that names them."""
+    from fhir.resources.R4B.structuredefinition import StructureDefinition
+    from fhir.resources.R4B.valueset import ValueSet
+
+    s = scene
+    resp = await s.client.get("/fhir/ValueSet/retest-reason/$expand", headers={"Authorization": ""})
+    assert resp.status == 200, await resp.text()
+    expanded = ValueSet.model_validate(await resp.json())
+    assert expanded.expansion is not None
+    assert {c.code for c in expanded.expansion.contains or []} >= {"04", "98", "99"}
+    resp = await s.client.get(
+        "/fhir/StructureDefinition", params={"url": VERDICT}, headers={"Authorization": ""}
+    )
+    bundle = await resp.json()
+    StructureDefinition.model_validate(bundle["entry"][0]["resource"])

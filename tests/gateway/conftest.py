@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from gateway.cache import Cache, open_cache
+from gateway.storage import Store
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -27,3 +29,22 @@ async def cache(cache_target: tuple[str | None, str]) -> AsyncIterator[Cache]:
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database of each back end."""
+    if request.param == "sqlite":
+        # A directory that does not exist yet: opening the store creates it.
+        return f"sqlite:///{tmp_path / 'data' / 'huren.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = await Store.open(store_url)
+    try:
+        yield s
+    finally:
+        await s.close()

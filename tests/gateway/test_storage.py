@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -34,25 +33,6 @@ LOINC = "http://loinc.org"
 HGB = "718-7"  # haemoglobin
 GLU = "2345-7"  # glucose
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of an empty database of each back end."""
-    if request.param == "sqlite":
-        # A directory that does not exist yet: opening the store creates it.
-        return f"sqlite:///{tmp_path / 'data' / 'huren.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(store_url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def observation(
