@@ -101,7 +101,9 @@ async def search_studies(request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}"
     page = result.items[offset : offset + limit]
     verdicts: list[dict[str, Any]] = [{} for _ in page]
-    if core.settings.verdicts:
+    # A patient's studies are judged (what a clinician looks at before ordering); a city-wide
+    # listing is not: it would ask every listed study's facility for the study's series.
+    if core.settings.verdicts and person is not None:
         asker = access.principal.facility_id if access.principal else None
         series = await core.imaging.series_of_studies(page)
         on = city_today()

@@ -146,7 +146,7 @@ class Recognition:
             if qc is not None:
                 reasons.append(qc)
             if facts.performed is not None:
-                valid_until = facts.performed + timedelta(days=item.validity_days)
+                valid_until = _plus_days(facts.performed, item.validity_days)
                 if not facts.performed <= on <= valid_until:
                     reasons.append(Reason.OUTSIDE_WINDOW)
             if (
@@ -208,6 +208,14 @@ class Recognition:
         raise AssertionError(f"rule {rule!r} passed catalogue validation but is not known")
 
 
+def _plus_days(day: date, days: int) -> date:
+    """``day`` + ``days``; the last representable day for placeholder dates (9999-12-31)."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max
+
+
 def city_today() -> date:
     """Today in the city (China Standard Time): the day verdicts are for by default."""
     return datetime.now(CITY_TZ).date()
@@ -228,11 +236,12 @@ def facts_of_fhir(
     status = resource.get("status")
     if rtype == "ImagingStudy":
         found = _study_parts(resource) or tuple(parts)
+        performed = _day(resource.get("started"))
         return Facts(
             kind="imaging",
             holder=holder,
-            performed=_day(resource.get("started")),
-            complete=status == "available" and bool(found) and "started" in resource,
+            performed=performed,
+            complete=status == "available" and bool(found) and performed is not None,
             parts=found,
         )
     if rtype not in ("Observation", "DiagnosticReport"):

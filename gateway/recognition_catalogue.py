@@ -36,6 +36,8 @@ RULES: Final = {
     "higher-tier": "the holder's tier ranks above the asker's (lower levels recognise higher)",
     "lower-tier": "the holder's tier ranks below the asker's",
 }
+#: A window longer than a lifetime is a mistake in the data (ABO group: ten years).
+MAX_VALIDITY_DAYS: Final = 36_500
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -224,8 +226,11 @@ def _item(e: _Entry, scopes: Mapping[str, Scope]) -> Item:
         modality, body_part = e.text("modality").upper(), e.text("body_part").upper()
     where = f"{e.where} ({item_id})"
     days = e.raw("validity_days")
-    if not isinstance(days, int) or isinstance(days, bool) or days <= 0:
-        raise CatalogueError(f"{where}: validity_days must be a positive whole number of days")
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 < days <= MAX_VALIDITY_DAYS:
+        raise CatalogueError(
+            f"{where}: validity_days must be a positive whole number of days, "
+            f"at most {MAX_VALIDITY_DAYS}"
+        )
     scope = e.text("scope")
     if scope not in scopes:
         raise CatalogueError(f"{where}: unknown scope {scope!r}")

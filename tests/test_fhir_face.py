@@ -64,7 +64,14 @@ async def test_metadata_is_a_valid_capability_statement(gateway: Gateway) -> Non
         "Endpoint",
         "AuditEvent",
         "Consent",
+        "Basic",  # recognition decisions
+        "StructureDefinition",  # and the conformance resources that define them
+        "CodeSystem",
+        "ValueSet",
+        "OperationDefinition",
     }
+    operations = {o.name for o in (cs.rest or [])[0].operation or []}
+    assert operations == {"recognized-priors"}
 
 
 async def test_fhirpy_finds_a_patients_results_at_every_facility(

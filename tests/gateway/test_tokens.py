@@ -116,7 +116,7 @@ def test_es256_token_round_trips_to_a_principal(keys: Keys) -> None:
     )
     p = keys.verifier().verify(token)
     assert (p.subject, p.role, p.facility_id) == ("dr-li", "clinician", "F001")
-    assert p.scopes == frozenset({"user/*.rs"})
+    assert p.scopes == frozenset({"user/*.rs", "user/Basic.c"})  # and record decisions
     assert (p.purpose_of_use, p.name, p.patient) == ("TREAT", "李医生", None)
     assert p.token_id and p.expires_at == pytest.approx(time.time() + 600, abs=5)
 
