@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import date
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -12,7 +13,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from gateway.federation import FederatedResult, OutcomeStatus
 from gateway.guard import access_of
 from gateway.identity import is_national_id, resolve_person
-from gateway.recognition import Verdict, city_today, facts_of_study
+from gateway.recognition import Recognition, Verdict, city_today, facts_of_study
 from gateway.registry import Registry
 from gateway.web import CORE
 
@@ -108,9 +109,7 @@ async def search_studies(request: web.Request) -> web.Response:
         series = await core.imaging.series_of_studies(page)
         on = city_today()
         verdicts = [
-            verdict_elements(
-                core.recognition.verdict(facts_of_study(ds, fid, _parts(listed)), asker, on)
-            )
+            _judged(core.recognition, fid, ds, _parts(listed), asker, on)
             for (fid, ds), listed in zip(page, series, strict=True)
         ]
     datasets = [
@@ -156,6 +155,30 @@ def annotate(
     out[_FACILITY_TAG] = {"vr": "LO", "Value": [fid]}
     out.update(extra or {})
     return dict(sorted(out.items()))
+
+
+#: Verdict elements by everything a study's verdict depends on: the same studies are looked
+#: up again and again (a ward round), and judging one costs more than finding it here.
+_JUDGED: dict[tuple[Any, ...], dict[str, Any]] = {}
+_JUDGED_KEPT: Final = 50_000
+
+
+def _judged(
+    recognition: Recognition,
+    fid: str,
+    ds: dict[str, Any],
+    parts: list[tuple[str, str]],
+    asker: str | None,
+    on: date,
+) -> dict[str, Any]:
+    key = (recognition.version, id(recognition), fid, _value(ds, "00080020"), *parts, asker, on)
+    found = _JUDGED.get(key)
+    if found is None:
+        if len(_JUDGED) >= _JUDGED_KEPT:
+            _JUDGED.clear()
+        verdict = recognition.verdict(facts_of_study(ds, fid, parts), asker, on)
+        found = _JUDGED[key] = verdict_elements(verdict)
+    return found
 
 
 def verdict_elements(v: Verdict) -> dict[str, Any]:

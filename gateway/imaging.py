@@ -49,6 +49,7 @@ class ImagingService:
         self.series_ttl = series_ttl
         self._answers: dict[str, tuple[float, list[DicomJson]]] = {}
         self._generations: dict[str, tuple[float, bytes]] = {}
+        self._series_kept: dict[str, tuple[float, list[DicomJson]]] = {}
         self.registry = registry
         self.federation = federation
         self.upstreams = upstreams
@@ -167,36 +168,68 @@ class ImagingService:
         say. Reused for ``series_ttl`` seconds: a store through the gateway starts a new
         generation for the facility, so what it adds is seen at once."""
         query = StudyQuery(match={}, limit=None, include=SERIES_INCLUDE)
-        key = None
-        if self.series_ttl > 0:
-            generation = await self._generation(fid)
-            key = f"study-series:{fid}:{generation.decode()}:{study}"
-            cached = await self.cache.get(key)
-            if cached is not None:
-                found: list[DicomJson] = orjson.loads(cached)
-                return found
+        if self.series_ttl <= 0:
+            return await self._series(fid, study, query)
+        generation = await self._generation(fid)
+        key = f"study-series:{fid}:{generation.decode()}:{study}"
+        now = time.monotonic()
+        parsed = self._series_kept.get(key)
+        if parsed is not None and parsed[0] > now:
+            return parsed[1]
+        cached = await self.cache.get(key)
+        if cached is not None:
+            found: list[DicomJson] = orjson.loads(cached)
+        else:
+            found = await self._series(fid, study, query)
+            await self.cache.set(key, orjson.dumps(found), ttl=self.series_ttl)
+        # Kept parsed here too (every look-up of a patient's studies asks for them), for a
+        # short while: the shared cache is the one that outlives a process.
+        if len(self._series_kept) >= _ANSWERS_KEPT:
+            self._series_kept.clear()
+        self._series_kept[key] = (now + min(self.series_ttl, SERIES_KEPT_SECONDS), found)
+        return found
+
+    async def _series(self, fid: str, study: str, query: StudyQuery) -> list[DicomJson]:
         try:
-            found = await self._call(fid, lambda a: a.search_series(study, query))
+            return await self._call(fid, lambda a: a.search_series(study, query))
         except (UpstreamError, FacilityUnavailable, NotFound):
             return []
-        if key is not None:
-            await self.cache.set(key, orjson.dumps(found), ttl=self.series_ttl)
-        return found
 
     async def series_of_studies(
         self, studies: Sequence[tuple[str, DicomJson]]
     ) -> list[list[DicomJson]]:
-        """``study_series`` of each (facility, study-level dataset), asked side by side."""
-        limit = asyncio.Semaphore(16)
+        """``study_series`` of each (facility, study-level dataset), asked side by side; those
+        kept in this process are answered without a task each (every look-up of a patient's
+        studies comes here)."""
+        out: list[list[DicomJson] | None] = [
+            self._series_in_process(fid, ds) for fid, ds in studies
+        ]
+        missing = [i for i, found in enumerate(out) if found is None]
+        if missing:
+            limit = asyncio.Semaphore(16)
 
-        async def one(fid: str, ds: DicomJson) -> list[DicomJson]:
-            uid = _first(ds, "0020000D")
-            if uid is None:
-                return []
-            async with limit:
-                return await self.study_series(fid, uid)
+            async def one(fid: str, ds: DicomJson) -> list[DicomJson]:
+                uid = _first(ds, "0020000D")
+                if uid is None:
+                    return []
+                async with limit:
+                    return await self.study_series(fid, uid)
 
-        return list(await asyncio.gather(*(one(fid, ds) for fid, ds in studies)))
+            found = await asyncio.gather(*(one(*studies[i]) for i in missing))
+            for i, series in zip(missing, found, strict=True):
+                out[i] = series
+        return [series or [] for series in out]
+
+    def _series_in_process(self, fid: str, ds: DicomJson) -> list[DicomJson] | None:
+        uid = _first(ds, "0020000D")
+        generation = self._generations.get(fid)
+        if uid is None or generation is None or self.series_ttl <= 0:
+            return None
+        now = time.monotonic()
+        if generation[0] <= now:
+            return None
+        kept = self._series_kept.get(f"study-series:{fid}:{generation[1].decode()}:{uid}")
+        return kept[1] if kept is not None and kept[0] > now else None
 
     # -- one study, at the facility that holds it -------------------------------------------
 
@@ -334,6 +367,8 @@ _ANSWERS_KEPT = 10_000
 #: What a series search asks for beyond the defaults: the body part (PS3.18 Table 10.6.1-5
 #: does not return it unless asked).
 SERIES_INCLUDE: Final = ("BodyPartExamined",)
+#: Seconds a study's series are kept parsed in this process.
+SERIES_KEPT_SECONDS = 60.0
 #: Seconds the holder of a study is remembered.
 STUDY_HOLDER_TTL = 600.0
 
