@@ -13,6 +13,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.guard import access_of
+from gateway.lab_codes import LOINC_SYSTEM
 from gateway.recognition import (
     REASON_TEXT,
     Reason,
@@ -28,7 +29,6 @@ VERDICT_URL: Final = "urn:huren:StructureDefinition/recognition-verdict"
 MARK_SYSTEM: Final = "urn:huren:CodeSystem/recognition-mark"
 REASON_SYSTEM: Final = "urn:huren:CodeSystem/recognition-reason"
 IMAGING_ITEM_SYSTEM: Final = "urn:huren:recognition-item"
-LOINC: Final = "http://loinc.org"
 RESULT_TYPES: Final = frozenset({"Observation", "DiagnosticReport", "ImagingStudy"})
 _MARK_TAG: Final = {"system": MARK_SYSTEM, "code": "HR", "display": "互认 (HR)"}
 
@@ -117,7 +117,7 @@ def item_coding(v: Verdict) -> dict[str, Any]:
     item = v.item
     assert item is not None
     if item.kind == "lab":
-        return {"system": LOINC, "code": item.id, "display": item.name_en}
+        return {"system": LOINC_SYSTEM, "code": item.id, "display": item.name_en}
     return {"system": IMAGING_ITEM_SYSTEM, "code": item.id, "display": item.name_zh}
 
 

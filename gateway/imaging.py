@@ -107,20 +107,39 @@ class ImagingService:
             orjson.dumps([query.match, query.limit, query.include], option=orjson.OPT_SORT_KEYS)
         ).hexdigest()[:32]
         key = f"qido:{fid}:{generation.decode()}:{digest}"
+        # Kept parsed here too, for as long as the shared cache may still hand it out.
+        return await self._read_through(
+            key,
+            self.query_ttl,
+            self._answers,
+            self.query_ttl,
+            lambda: self.upstreams.imaging(fid).search_studies(query),
+        )
+
+    async def _read_through(
+        self,
+        key: str,
+        ttl: float,
+        kept: dict[str, tuple[float, list[DicomJson]]],
+        kept_seconds: float,
+        fetch: Callable[[], Awaitable[list[DicomJson]]],
+    ) -> list[DicomJson]:
+        """The answer under ``key``: parsed from ``kept`` in this process, else from the
+        shared cache, else fetched (and put in the shared cache for ``ttl`` seconds); then
+        kept parsed here for ``kept_seconds``."""
         now = time.monotonic()
-        parsed = self._answers.get(key)
+        parsed = kept.get(key)
         if parsed is not None and parsed[0] > now:
             return parsed[1]
         cached = await self.cache.get(key)
         if cached is not None:
             found: list[DicomJson] = orjson.loads(cached)
         else:
-            found = await self.upstreams.imaging(fid).search_studies(query)
-            await self.cache.set(key, orjson.dumps(found), ttl=self.query_ttl)
-        # Kept parsed here too, for as long as the shared cache may still hand it out.
-        if len(self._answers) >= _ANSWERS_KEPT:
-            self._answers.clear()
-        self._answers[key] = (now + self.query_ttl, found)
+            found = await fetch()
+            await self.cache.set(key, orjson.dumps(found), ttl=ttl)
+        if len(kept) >= _ANSWERS_KEPT:
+            kept.clear()
+        kept[key] = (now + kept_seconds, found)
         return found
 
     async def _generation(self, fid: str) -> bytes:
@@ -171,23 +190,15 @@ class ImagingService:
         if self.series_ttl <= 0:
             return await self._series(fid, study, query)
         generation = await self._generation(fid)
-        key = f"study-series:{fid}:{generation.decode()}:{study}"
-        now = time.monotonic()
-        parsed = self._series_kept.get(key)
-        if parsed is not None and parsed[0] > now:
-            return parsed[1]
-        cached = await self.cache.get(key)
-        if cached is not None:
-            found: list[DicomJson] = orjson.loads(cached)
-        else:
-            found = await self._series(fid, study, query)
-            await self.cache.set(key, orjson.dumps(found), ttl=self.series_ttl)
-        # Kept parsed here too (every look-up of a patient's studies asks for them), for a
-        # short while: the shared cache is the one that outlives a process.
-        if len(self._series_kept) >= _ANSWERS_KEPT:
-            self._series_kept.clear()
-        self._series_kept[key] = (now + min(self.series_ttl, SERIES_KEPT_SECONDS), found)
-        return found
+        # Every look-up of a patient's studies asks for them: kept parsed here for a short
+        # while too (the shared cache is the one that outlives a process).
+        return await self._read_through(
+            f"study-series:{fid}:{generation.decode()}:{study}",
+            self.series_ttl,
+            self._series_kept,
+            min(self.series_ttl, SERIES_KEPT_SECONDS),
+            lambda: self._series(fid, study, query),
+        )
 
     async def _series(self, fid: str, study: str, query: StudyQuery) -> list[DicomJson]:
         try:

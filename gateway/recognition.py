@@ -21,10 +21,10 @@ from datetime import date, datetime, timedelta
 from typing import Any, Final
 
 from .audit import CITY_TZ
+from .lab_codes import LOINC_SYSTEM
 from .recognition_catalogue import MARK, Catalogue, Item, Kind
 from .registry import Registry
 
-_LOINC_SYSTEM: Final = "http://loinc.org"
 _FINAL: Final = frozenset({"final", "amended", "corrected", "appended", "available"})
 _V2_0074: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
 _IMAGING_REPORT_CATEGORIES: Final = frozenset({"RAD", "CT", "MR", "US", "NMR", "RX", "XRC"})
@@ -250,7 +250,7 @@ def facts_of_fhir(
     codes = tuple(
         str(c.get("code"))
         for c in (resource.get("code") or {}).get("coding", ())
-        if c.get("system") == _LOINC_SYSTEM and c.get("code")
+        if c.get("system") == LOINC_SYSTEM and c.get("code")
     )
     if rtype == "DiagnosticReport":
         if _is_imaging_report(resource):

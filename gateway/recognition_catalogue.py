@@ -23,8 +23,6 @@ from .errors import CatalogueError
 from .registry import LEVELS, Registry
 
 Kind = Literal["lab", "imaging"]
-KINDS: Final = ("lab", "imaging")
-LOINC_SYSTEM: Final = "http://loinc.org"
 #: The mark recognised results carry (国卫医发〔2022〕6号).
 MARK: Final = "HR"
 
@@ -208,9 +206,7 @@ def _scope(e: _Entry) -> Scope:
 
 
 def _item(e: _Entry, scopes: Mapping[str, Scope]) -> Item:
-    kind = e.text("kind")
-    if kind not in KINDS:
-        raise CatalogueError(f"{e.where}: kind must be lab or imaging, not {kind!r}")
+    kind = _kind(e)
     common = {"kind", "name_zh", "name_en", "category", "validity_days", "scope"}
     if kind == "lab":
         e.fields(required=common | {"code"}, optional={"unit"})
@@ -236,7 +232,7 @@ def _item(e: _Entry, scopes: Mapping[str, Scope]) -> Item:
         raise CatalogueError(f"{where}: unknown scope {scope!r}")
     return Item(
         id=item_id,
-        kind=kind,  # type: ignore[arg-type]  # checked against KINDS above
+        kind=kind,
         name_zh=e.text("name_zh"),
         name_en=e.text("name_en"),
         category=e.text("category"),
@@ -252,9 +248,7 @@ def _quality_control(e: _Entry, items: Mapping[str, Item], registry: Registry) -
     facility = e.text("facility")
     if registry.get(facility) is None:
         raise CatalogueError(f"{e.where}: unknown facility {facility!r}")
-    kind = e.text("kind")
-    if kind not in KINDS:
-        raise CatalogueError(f"{e.where}: kind must be lab or imaging, not {kind!r}")
+    kind = _kind(e)
     raw_items = e.raw("items")
     covered: frozenset[str] | None
     if raw_items == "*":
@@ -270,12 +264,21 @@ def _quality_control(e: _Entry, items: Mapping[str, Item], registry: Registry) -
         raise CatalogueError(f"{e.where}: valid_until {until} is before passed {passed}")
     return QualityControl(
         facility=facility,
-        kind=kind,  # type: ignore[arg-type]  # checked against KINDS above
+        kind=kind,
         items=covered,
         program=e.text("program"),
         passed=passed,
         valid_until=until,
     )
+
+
+def _kind(e: _Entry) -> Kind:
+    kind = e.text("kind")
+    if kind == "lab":
+        return "lab"
+    if kind == "imaging":
+        return "imaging"
+    raise CatalogueError(f"{e.where}: kind must be lab or imaging, not {kind!r}")
 
 
 def loinc_check_digit_ok(code: str) -> bool:
