@@ -135,9 +135,9 @@ Try:  curl -s {base}/readyz | python3 -m json.tool | head
            '{base}/dicomweb/studies?PatientID={doctor.patient}'
       curl -s -H "Authorization: Bearer $TOKEN" \
            '{base}/fhir/Observation?patient.identifier={doctor.patient}'
-      # before ordering a chest CT: which priors does {doctor.facility} recognise (互认)?
+      # before ordering: the resident's priors, each with its recognition (互认) verdict
       curl -s -H "Authorization: Bearer $TOKEN" \
-           '{base}/fhir/$recognized-priors?patient={doctor.patient}&modality=CT&bodySite=CHEST'
+           '{base}/fhir/$recognized-priors?patient={doctor.patient}&_all=true'
       findscu -S -aec {settings.ae_title} -k QueryRetrieveLevel=STUDY -k StudyInstanceUID \
               {settings.host} {settings.dimse_port}
 
