@@ -33,9 +33,15 @@ async def get_json(
                 raise UpstreamError(f"HTTP {resp.status} from {resp.url.path}", status=resp.status)
             if resp.content_length is not None and resp.content_length > MAX_JSON_BYTES:
                 raise UpstreamProtocolError(f"answer of {resp.content_length} bytes is too large")
-            body = await resp.content.read(MAX_JSON_BYTES + 1)
-    if len(body) > MAX_JSON_BYTES:
-        raise UpstreamProtocolError("answer is too large")
+            # read(n) gives what has arrived so far, not the whole body: read to the end.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > MAX_JSON_BYTES:
+                    raise UpstreamProtocolError("answer is too large")
+                chunks.append(chunk)
+    body = b"".join(chunks)
     if not body and ok_empty:
         return []
     try:

@@ -104,3 +104,32 @@ async def test_dicomweb_imaging_search_and_garbage(
             await pacs.search_studies(StudyQuery())
     finally:
         await asyncio.to_thread(city.reset)
+
+
+async def test_a_large_answer_arriving_in_pieces_is_read_whole(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A QIDO answer of hundreds of instances comes in many TCP reads: all of it is read
+    (an early version took what had arrived and called the rest "not JSON")."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from adapters.http import get_json
+
+    answer = [{"00080018": {"vr": "UI", "Value": [f"1.2.3.{i}"]}} for i in range(3000)]
+    body = json.dumps(answer).encode()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/dicom+json"})
+        await resp.prepare(request)
+        for start in range(0, len(body), 16 * 1024):
+            await resp.write(body[start : start + 16 * 1024])
+            await asyncio.sleep(0.001)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/instances", slow)
+    async with TestServer(app) as server:
+        found = await get_json(session, server.make_url("/instances"), accept="application/json")
+    assert found == answer
