@@ -28,5 +28,10 @@ def setup(app: web.Application) -> None:
         r.add_get(f"{instance}/frames/{{frames}}/rendered", wado.rendered)
         r.add_get(f"{prefix}/studies/{{study}}/thumbnail", wado.thumbnail)
         r.add_get(f"{prefix}/studies/{{study}}/series/{{series}}/thumbnail", wado.thumbnail)
+    # A resident's share link (gateway/portal.py) opens images rendered here; the link in
+    # the path is the credential the guard checks, and the policy what the share covers.
+    portal = "/portal/s/{token}/facilities/{facility}/studies/{study}/series/{series}"
+    app.router.add_get(f"{portal}/instances/{{instance}}/rendered", wado.rendered)
+    app.router.add_get(f"{portal}/thumbnail", wado.thumbnail)
     app.router.add_post("/facilities/{facility}/dicomweb/studies", stow.store)
     app.router.add_post("/facilities/{facility}/dicomweb/studies/{study}", stow.store)

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from datetime import date
 from typing import Any
 
 from aiohttp import web
@@ -58,6 +59,10 @@ async def authorized_holder(request: web.Request, study: str) -> str:
                 raise NothingThere(fid) from None  # a search that finds nothing: empty
             raise
     access.holders.add(fid)
+    if access.share is not None:  # a resident's link: only the studies it covers
+        visit = access.share.scope == "visit"  # a visit's link needs the study's date
+        day = await _study_day(request, fid, study) if visit else None
+        core.policy.share_study(access, fid, study, day)
     if person is not None:
         await core.policy.patient(access, person, "ImagingStudy", "r", only_at=fid)
     else:
@@ -65,6 +70,18 @@ async def authorized_holder(request: web.Request, study: str) -> str:
         if not await core.policy.may_read(access, None, fid):
             raise Forbidden("the study's patient is not known here: only its facility reads it")
     return fid
+
+
+async def _study_day(request: web.Request, fid: str, study: str) -> date | None:
+    """The date of a study (what a share for one visit is checked against)."""
+    found = await request.app[CORE].imaging.search_studies(
+        {"StudyInstanceUID": study}, facility_ids=[fid], limit=1
+    )
+    for _, ds in found.items:
+        value = str(_v(ds, "00080020") or "")
+        if len(value) == 8 and value.isdigit():
+            return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    return None
 
 
 class NothingThere(Exception):
@@ -250,7 +267,9 @@ async def _render(request: web.Request, params: render.RenderParams) -> web.Resp
         image = await asyncio.to_thread(render.render, data, params)
     except render.RenderError as exc:
         raise dicom_error(400, str(exc)) from None
-    return web.Response(body=image, content_type=params.media, headers={"Huren-Facility": fid})
+    # Kept by the browser (a viewer steps back and forth), never by shared caches.
+    headers = {"Huren-Facility": fid, "Cache-Control": "private, max-age=600"}
+    return web.Response(body=image, content_type=params.media, headers=headers)
 
 
 async def _one_instance(request: web.Request) -> tuple[str, bytes]:

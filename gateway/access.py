@@ -20,11 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Final
 
 from .audit import AuditRecord
 from .consent import ANY_FACILITY, active_grants
 from .errors import Forbidden
+from .shares import Share, covers
 from .storage import Store
 from .tokens import Principal
 
@@ -53,6 +55,10 @@ class Access:
     holders: set[str] = field(default_factory=set)
     detail: str | None = None
     audited: bool = False
+    #: A resident's cloud-film share the request came through (its link is the credential),
+    #: and whether its second factor was answered in this browser session.
+    share: Share | None = None
+    share_unlocked: bool = False
 
     def record(self, status: int) -> AuditRecord:
         p = self.principal
@@ -141,6 +147,8 @@ class Policy:
         if p.role in NO_PATIENT_DATA:
             return f"a {p.role} does not read patients' records"
         if p.role == "resident":
+            if access.share is not None and not access.share_unlocked:
+                return "the link's second factor has not been answered"
             if await self._resident_person(p) == person:
                 return None
             return "a resident reads only their own records"
@@ -194,6 +202,15 @@ class Policy:
         """The person a resident's token names (None for other roles)."""
         p = _principal(access)
         return await self._resident_person(p) if p.role == "resident" else None
+
+    @staticmethod
+    def share_study(access: Access, holder: str, study: str, day: date | None) -> None:
+        """Through a share, only the studies it covers (``day``: the study's date, which a
+        visit's share needs); raise Forbidden otherwise. Other requests pass."""
+        share = access.share
+        if share is None or covers(share, holder, study=study, day=day):
+            return
+        raise Forbidden("the link does not cover this study")
 
     def store(self, access: Access, facility: str) -> None:
         """Allow storing records into ``facility`` (a clinician of it, or a service)."""

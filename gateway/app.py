@@ -14,7 +14,7 @@ import fhirapi.outcome
 import fhirapi.routes
 from dicom.scp import GatewayScp
 
-from . import admin
+from . import admin, portal, share_api
 from .config import Settings
 from .core import open_core
 from .guard import RENDERERS, Renderer, audit_before_answering, guard
@@ -30,6 +30,7 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
         "/fhir": fhirapi.outcome.refusal,
         "/dicomweb": dicom.errors.refusal,
         "/facilities/": dicom.errors.refusal,
+        "/portal/s/": portal.refusal,
     }
     app[RENDERERS] = renderers
 
@@ -53,6 +54,8 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
     dicom.routes.setup(app)
     fhirapi.routes.setup(app)
     admin.setup(app)
+    portal.setup(app)
+    share_api.setup(app)
     return app
 
 

@@ -1,4 +1,4 @@
-"""The `huren` command: demo, serve, simulate, seed, token (DESIGN.md contract table)."""
+"""The `huren` command: demo, serve, simulate, seed, token, share (DESIGN.md contract table)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,24 @@ def _parser() -> argparse.ArgumentParser:
         "--lifetime", type=float, default=8 * 3600, help="seconds until it expires (default 8 h)"
     )
     token.set_defaults(run=_run_token)
+
+    share = sub.add_parser(
+        "share", help="print a resident's share link (cloud film) and its second factor"
+    )
+    share.add_argument("--patient", required=True, help="the resident's national ID number")
+    share.add_argument("--study", help="one study (StudyInstanceUID); default all their records")
+    share.add_argument("--facility", help="the study's facility (found by asking the city if not)")
+    share.add_argument("--visit-date", help="a visit: YYYY-MM-DD at --facility")
+    share.add_argument("--days", type=float, help="days the link lasts (default 30)")
+    share.add_argument(
+        "--second-factor",
+        choices=["none", "id4", "pin"],
+        default="id4",
+        help="what the finder of a lost printout would not know (default: last 4 of the ID)",
+    )
+    share.add_argument("--host", help="the gateway's address in the link (default 127.0.0.1)")
+    share.add_argument("--port", type=int, help="the gateway's port in the link (default 8080)")
+    share.set_defaults(run=_run_share)
     return p
 
 
@@ -192,6 +210,28 @@ def _run_token(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     print(token)
+    return 0
+
+
+def _run_share(args: argparse.Namespace, settings: Settings) -> int:
+    from .share_cli import make_share
+
+    try:
+        lines = asyncio.run(
+            make_share(
+                settings,
+                patient=args.patient,
+                study=args.study,
+                facility=args.facility,
+                visit_date=args.visit_date,
+                days=args.days,
+                second_factor=args.second_factor,
+            )
+        )
+    except ValueError as exc:
+        print(f"huren share: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
     return 0
 
 

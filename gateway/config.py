@@ -76,6 +76,13 @@ class Settings:
     #: Requests a minute per user and per facility (0: no limit); over it, 429.
     rate_limit_user: int = 1200
     rate_limit_facility: int = 60000
+    #: Requests a minute through one resident's share link (the viewer steps through a CT).
+    rate_limit_share: int = 12000
+    #: Days a resident's share link lasts unless the request says otherwise (at most 365).
+    share_days: float = 30.0
+    #: The key that signs share links (base64 or hex, ≥ 32 bytes). None: a random key kept in
+    #: the data dir's keys/ (so links survive a restart); give every process the same one.
+    share_secret: str | None = None
     #: Seconds a facility's answer to a study search is reused (0: never).
     query_cache_ttl: float = 10.0
     #: Seconds the series of a study (modality, body part: what recognition looks at) are

@@ -28,6 +28,7 @@ from .recognition import Recognition
 from .recognition_catalogue import load_catalogue
 from .recognition_decisions import recognition_decision  # noqa: F401  (its table is created)
 from .registry import Registry, load_registry
+from .shares import Shares, share_secret
 from .storage import Store, database_url_for
 from .tokens import TokenVerifier
 from .upstreams import Upstreams
@@ -48,6 +49,7 @@ class Core:
     lab: LabService
     lab_codes: LabCodeMap
     recognition: Recognition
+    shares: Shares
     tokens: TokenVerifier
     policy: Policy
     audit: AuditTrail
@@ -99,6 +101,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         settings.auth_issuer,
         settings.auth_audience,
     )
+    secret = await asyncio.to_thread(share_secret, settings.data_dir, settings.share_secret)
     counters = LookupCounters(cache)
     if isinstance(cache, MemoryCache):
         # In-process counters start empty: count them again from the audit trail.
@@ -125,12 +128,16 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         lab=LabService(registry, federation, upstreams, store, lab_codes),
         lab_codes=lab_codes,
         recognition=Recognition(catalogue, registry),
+        shares=Shares(store, cache, secret),
         tokens=tokens,
         policy=Policy(store),
         audit=audit,
         lookups=lookups,
         rate_limiter=RateLimiter(
-            cache, per_user=settings.rate_limit_user, per_facility=settings.rate_limit_facility
+            cache,
+            per_user=settings.rate_limit_user,
+            per_facility=settings.rate_limit_facility,
+            per_share=settings.rate_limit_share,
         ),
         prober=prober,
         executor=executor,

@@ -18,6 +18,7 @@ from .config import Settings
 from .core import open_core
 from .seed_import import import_seed
 from .server import start, wait_for_signal
+from .share_cli import share_lines
 from .tokens import dev_keys, mint
 
 SIM_READY_TIMEOUT = 180.0
@@ -30,14 +31,27 @@ async def run_demo(settings: Settings, *, patients: int, seed: int, latency_ms: 
     if not seed_exists(settings.data_dir):
         print(f"seeding {patients} residents into {settings.data_dir} …", flush=True)
         await asyncio.to_thread(generate, settings.data_dir, patients=patients, seed=seed)
+    doctor = _demo_clinician(settings)
     async with open_core(settings, probe=False) as core:
         await import_seed(core.store, core.archive, core.registry, settings.data_dir)
+        # The resident's cloud-film link, as a records office prints it on a report.
+        link = await share_lines(
+            core,
+            settings,
+            patient=doctor.patient,
+            study=None,
+            facility=None,
+            visit_date=None,
+            days=None,
+            second_factor="id4",
+            created_by="huren demo",
+        )
 
     sim = await _start_simulator(settings, latency_ms)
     try:
         runner = await start(settings)
         try:
-            _print_urls(settings, time.monotonic() - t0, _demo_clinician(settings))
+            _print_urls(settings, time.monotonic() - t0, doctor, link)
             await wait_for_signal()
             print("stopping …", flush=True)
         finally:
@@ -112,7 +126,9 @@ def _demo_clinician(settings: Settings) -> DemoClinician:
     return DemoClinician(facility, token, resident["national_id"])
 
 
-def _print_urls(settings: Settings, seconds: float, doctor: DemoClinician) -> None:
+def _print_urls(
+    settings: Settings, seconds: float, doctor: DemoClinician, link: list[str]
+) -> None:
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"""
@@ -125,6 +141,10 @@ Huren is up ({seconds:.1f} s). The city's 111 facilities are simulated on loopba
   DIMSE SCP          AE {settings.ae_title} on {settings.host}:{settings.dimse_port}
   HL7 v2 (MLLP)      {settings.host}:{settings.mllp_port}
   data dir           {settings.data_dir}
+
+The resident's cloud film (open it on a phone; the ID number ends in {doctor.patient[-4:]}):
+  {link[0]}
+{chr(10).join(link[1:])}
 
 A clinician of {doctor.facility} (`huren token --role clinician --facility F001` mints more):
   clinician token    {doctor.token}

@@ -14,8 +14,12 @@ from typing import Final
 
 from aiohttp import web
 
+from adapters.errors import UpstreamError
+
 from .access import Access
-from .errors import Forbidden, TooManyRequests, Unauthenticated
+from .errors import FacilityUnavailable, Forbidden, NotFound, TooManyRequests, Unauthenticated
+from .shares import ShareRefused
+from .storage import patient_id_of
 from .tokens import Principal, TokenError
 from .web import CORE, Handler
 
@@ -34,6 +38,19 @@ PUBLIC_PATHS: Final = frozenset(
 #: Resource types whose instances are definitions (the conformance resources in fhir/): read
 #: by anyone, like the CapabilityStatement that points at them.
 PUBLIC_FHIR_TYPES: Final = ("StructureDefinition", "CodeSystem", "ValueSet", "OperationDefinition")
+#: Resident portal paths carry their share's token: /portal/s/{token}/…
+PORTAL_SHARE_PREFIX: Final = "/portal/s/"
+#: The cookie that says a share's second factor was answered in this browser.
+SHARE_SESSION_COOKIE: Final = "huren_share"
+#: How a refused share is answered: an unknown link is not found; an ended one is gone; a
+#: locked one is to be tried later.
+SHARE_REFUSAL_STATUS: Final = {
+    "forged": 404,
+    "expired": 410,
+    "revoked": 410,
+    "locked": 423,
+    "second-factor": 403,
+}
 #: A header a clinician sends, with a reason, to break the glass (allowed, flagged, reported).
 BREAK_GLASS_HEADER: Final = "Huren-Break-Glass"
 _MAX_REASON: Final = 500
@@ -66,11 +83,18 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[ACCESS_KEY] = access
     core = request.app[CORE]
     try:
-        principal = _authenticate(request)
+        token = share_token(request.path)
+        if token is None:
+            principal = _authenticate(request)
+        else:
+            principal = await _share_principal(request, access, token)
         access.principal = principal
         access.break_glass = _break_glass(request)
         await core.rate_limiter.check(principal)
         return await handler(request)
+    except ShareRefused as exc:
+        access.detail = f"share refused: {exc.reason}"
+        return _render(request, SHARE_REFUSAL_STATUS[exc.reason], exc.reason, str(exc), {})
     except Unauthenticated as exc:
         access.detail = exc.detail
         challenge = 'Bearer realm="huren"'
@@ -85,6 +109,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         access.detail = exc.detail
         headers = {"Retry-After": str(exc.retry_after)}
         return _render(request, 429, "throttled", exc.detail, headers)
+    except NotFound as exc:  # what a face did not answer in its own terms
+        access.detail = str(exc)
+        return _render(request, 404, "not-found", str(exc), {})
+    except FacilityUnavailable as exc:
+        access.detail = str(exc)
+        return _render(request, 503, "unavailable", str(exc), {})
+    except UpstreamError as exc:
+        access.detail = f"a facility failed: {exc}"
+        return _render(request, 502, "upstream", "a facility's system did not answer well", {})
 
 
 async def audit_before_answering(request: web.Request, response: web.StreamResponse) -> None:
@@ -100,13 +133,22 @@ def _access(request: web.Request) -> Access:
     action, subtype = _interaction(request)
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return Access(
-        path=request.path,
+        path=audit_path(request.path),
         action=action,
         subtype=subtype,
         query=request.query_string or None,
         source=str(peer[0]) if peer else None,
         request_id=_request_id(request),
     )
+
+
+def audit_path(path: str) -> str:
+    """The path as the audit keeps it: a share link names its share, without the signature
+    that makes it a credential."""
+    token = share_token(path)
+    if token is None or "." not in token:
+        return path
+    return path.replace(token, token.split(".", 1)[0] + ".…", 1)
 
 
 def _request_id(request: web.Request) -> str | None:
@@ -148,6 +190,35 @@ def _authenticate(request: web.Request) -> Principal:
         return request.app[CORE].tokens.verify(token.strip())
     except TokenError as exc:
         raise Unauthenticated(exc.description, error=exc.error) from None
+
+
+def share_token(path: str) -> str | None:
+    """The share token of a resident portal path (/portal/s/{token}/…): the link itself is
+    the credential, so a phone needs no account."""
+    if not path.startswith(PORTAL_SHARE_PREFIX):
+        return None
+    token = path[len(PORTAL_SHARE_PREFIX) :].split("/", 1)[0]
+    return token or None
+
+
+async def _share_principal(request: web.Request, access: Access, token: str) -> Principal:
+    """The resident a share speaks for, scoped to what it covers: read their own records
+    (patient/ scopes), and only once its second factor, if any, has been answered here."""
+    shares = request.app[CORE].shares
+    share = await shares.open(token)
+    access.share = share
+    access.share_unlocked = share.second_factor == "none" or shares.session_valid(
+        share, request.cookies.get(SHARE_SESSION_COOKIE)
+    )
+    return Principal(
+        subject=f"share:{share.id}",
+        role="resident",
+        facility_id=None,
+        scopes=frozenset({"patient/*.rs"}),
+        patient=patient_id_of(share.person_key),
+        token_id=share.id,
+        expires_at=share.expires_at.timestamp(),
+    )
 
 
 def _break_glass(request: web.Request) -> str | None:

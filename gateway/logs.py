@@ -22,11 +22,13 @@ _PERSON_NAME = re.compile(r"[^\s\^=\"',;:]+\^[^\s\^=\"',;:]+(\^[^\s\"',;:]*)*")
 # Bearer scheme: a token in a log is a credential anyone reading the log can use. aiohttp
 # logs a malformed request's headers whole.
 _TOKEN = re.compile(r"eyJ[\w-]*\.[\w-]*\.?[\w-]*|(?<=Bearer )\S+", re.IGNORECASE)
+# A resident's share link is a credential too: its signature part goes.
+_SHARE_LINK = re.compile(r"(/portal/s/[\w-]+)\.[\w-]+")
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
-    text = _TOKEN.sub("[token]", text)
+    text = _SHARE_LINK.sub(r"\1.[signature]", _TOKEN.sub("[token]", text))
     return _PERSON_NAME.sub("[name]", _NATIONAL_ID.sub("[id]", text))
 
 

@@ -15,11 +15,15 @@ WINDOW_SECONDS: Final = 60
 
 
 class RateLimiter:
-    def __init__(self, cache: Cache, *, per_user: int, per_facility: int) -> None:
-        """Limits are requests per minute; 0 turns that limit off."""
+    def __init__(
+        self, cache: Cache, *, per_user: int, per_facility: int, per_share: int = 0
+    ) -> None:
+        """Limits are requests per minute; 0 turns that limit off. A resident's share has
+        its own (a phone stepping through a CT asks for dozens of images a second)."""
         self._cache = cache
         self._per_user = per_user
         self._per_facility = per_facility
+        self._per_share = per_share
 
     async def check(self, p: Principal) -> None:
         """Count one request of ``p``; raise TooManyRequests when over a limit."""
@@ -27,8 +31,9 @@ class RateLimiter:
         window = int(now // WINDOW_SECONDS)
         retry_after = max(1, math.ceil((window + 1) * WINDOW_SECONDS - now))
         limits: list[tuple[str, int, str]] = []
-        if self._per_user:
-            limits.append((f"rate:u:{p.subject}:{window}", self._per_user, "this user"))
+        per_user = self._per_share if p.subject.startswith("share:") else self._per_user
+        if per_user:
+            limits.append((f"rate:u:{p.subject}:{window}", per_user, "this user"))
         if self._per_facility and p.facility_id:
             key = f"rate:f:{p.facility_id}:{window}"
             limits.append((key, self._per_facility, p.facility_id))

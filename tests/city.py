@@ -175,7 +175,7 @@ async def open_gateway(
 
     from gateway.app import build_app
     from gateway.core import open_core
-    from gateway.guard import is_public
+    from gateway.guard import audit_path, is_public
     from gateway.seed_import import import_seed
     from gateway.web import CORE
 
@@ -207,7 +207,7 @@ async def open_gateway(
             raise
         finally:
             if not is_public(request.path):
-                seen.append((request.path, status))
+                seen.append((audit_path(request.path), status))
 
     app.middlewares.insert(0, note)
     started = datetime.now(UTC)

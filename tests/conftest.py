@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
 # The simulated city (seed data and the simulator process) as session fixtures.
-pytest_plugins = ["tests.city", "tests.loopback", "tests.orthanc"]
+pytest_plugins = ["tests.city", "tests.loopback", "tests.orthanc", "tests.browser"]
 
 # --- Real PostgreSQL and Redis ------------------------------------------------------------
 # Storage and cache tests run against the real servers, not mocks. Outside CI a missing
