@@ -331,3 +331,23 @@ async def test_a_phone_opens_the_link_steps_through_a_ct_and_sees_the_labs(
     for name in ("2-records.png", "4-ct-bone.png"):
         assert (shots / name).stat().st_size > 10_000
     json.dumps(seen)  # what the browser saw, plain data
+
+
+async def test_a_visit_link_shows_that_days_records_at_that_facility(p: Portal) -> None:
+    """A visit: what one facility holds of one day (the study of that day), nothing else."""
+    study = next(s for s in p.city.studies() if s["study_instance_uid"] == p.ct_study)
+    day = study["study_datetime"][:10]
+    made = await _share(p, facility=CT_FACILITY, visit_date=day)
+    assert made["scope"] == "visit"
+    html = await (await p.client.get(_path(made))).text()
+    assert p.ct_study in html and p.other_study not in html
+    others = [
+        s for s in p.city.studies() if s["national_id"] == p.nid and s["study_datetime"][:10] != day
+    ]
+    for other in others:
+        resp = await p.client.get(
+            f"{_path(made)}/studies/{other['facility_id']}/{other['study_instance_uid']}"
+        )
+        assert resp.status == 403
+    english = await (await p.client.get(_path(made), params={"lang": "en"})).text()
+    assert 'lang="en"' in english and "Imaging" in english
