@@ -14,12 +14,13 @@ import fhirapi.outcome
 import fhirapi.routes
 from dicom.scp import GatewayScp
 
-from . import admin, portal, share_api
+from . import admin, console, facility_api, portal, share_api
 from .config import Settings
 from .core import open_core
 from .guard import RENDERERS, Renderer, audit_before_answering, guard
 from .lab_feed import LabFeed
 from .metrics import REGISTRY
+from .openapi import openapi
 from .web import CORE, observe
 
 
@@ -56,6 +57,9 @@ def build_app(settings: Settings, *, probe: bool = True) -> web.Application:
     admin.setup(app)
     portal.setup(app)
     share_api.setup(app)
+    facility_api.setup(app)
+    console.setup(app)
+    app.router.add_get("/openapi.json", openapi)
     return app
 
 

@@ -11,10 +11,11 @@ reading or incrementing a hash as a plain value, or a plain value as a hash, is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Final, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -99,6 +100,14 @@ class Cache(Protocol):
         """
         ...
 
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Tell every process subscribed to ``channel`` (a registry change, say)."""
+        ...
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        """The messages published on ``channel`` from now on, until the iterator is closed."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the cache is not used afterwards."""
         ...
@@ -136,6 +145,7 @@ class MemoryCache:
         self._entries: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         # key -> (fields, monotonic deadline or None); unbounded, see the class docstring
         self._hashes: dict[str, tuple[dict[str, int], float | None]] = {}
+        self._subscribers: dict[str, list[asyncio.Queue[bytes]]] = {}
 
     def __len__(self) -> int:
         """Entries under the ``max_entries`` bound; hashes are not counted."""
@@ -239,6 +249,19 @@ class MemoryCache:
             else:
                 out.append(dict(entry[0]))
         return out
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        for queue in self._subscribers.get(channel, []):
+            queue.put_nowait(message)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._subscribers.setdefault(channel, []).append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers[channel].remove(queue)
 
     async def close(self) -> None:
         self._entries.clear()
@@ -373,6 +396,26 @@ class RedisCache:
             raise CacheError(f"redis HGETALL failed: {exc}") from exc
         except UnicodeDecodeError as exc:
             raise CacheError(f"redis HGETALL: a field is not UTF-8 text: {exc}") from exc
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        try:
+            await self._client.publish(self._key(channel), message)
+        except RedisError as exc:
+            raise CacheError(f"redis PUBLISH failed: {exc}") from exc
+
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._key(channel))
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    data = message["data"]
+                    yield data if isinstance(data, bytes) else str(data).encode()
+        except RedisError as exc:
+            raise CacheError(f"redis SUBSCRIBE failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(RedisError, RuntimeError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         await self._client.aclose()

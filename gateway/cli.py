@@ -1,4 +1,5 @@
-"""The `huren` command: demo, serve, simulate, seed, token, share (DESIGN.md contract table)."""
+"""The `huren` command: demo, serve, simulate, seed, token, share, facility (DESIGN.md contract
+table)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,25 @@ def _parser() -> argparse.ArgumentParser:
     share.add_argument("--host", help="the gateway's address in the link (default 127.0.0.1)")
     share.add_argument("--port", type=int, help="the gateway's port in the link (default 8080)")
     share.set_defaults(run=_run_share)
+
+    facility = sub.add_parser(
+        "facility", help="register, change, disable or check a facility (no restart needed)"
+    )
+    actions = facility.add_subparsers(title="actions", dest="action", required=True)
+    for name, helptext in (
+        ("add", "register a facility from a JSON file (the registry's form; it starts pending)"),
+        ("update", "change a registered facility from a JSON file"),
+    ):
+        one = actions.add_parser(name, help=helptext)
+        one.add_argument("file", type=Path, help="the facility as JSON (optional credentials)")
+        one.set_defaults(run=_run_facility)
+    for name, helptext in (
+        ("disable", "stop asking a facility"),
+        ("check", "run the conformance self-test against its systems; pass puts it live"),
+    ):
+        one = actions.add_parser(name, help=helptext)
+        one.add_argument("id", help="the facility's registry id, e.g. F112")
+        one.set_defaults(run=_run_facility)
     return p
 
 
@@ -233,6 +253,18 @@ def _run_share(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     print("\n".join(lines))
     return 0
+
+
+def _run_facility(args: argparse.Namespace, settings: Settings) -> int:
+    from .facility_cli import run_facility
+
+    try:
+        code, lines = asyncio.run(run_facility(settings, args.action, args))
+    except ValueError as exc:
+        print(f"huren facility: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return code
 
 
 def _move_dest(spec: str) -> tuple[str, tuple[str, int]]:

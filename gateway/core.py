@@ -17,6 +17,8 @@ from .access import Policy
 from .audit import AuditTrail, audit_lookup
 from .cache import Cache, MemoryCache, open_cache
 from .config import Settings
+from .credentials import Vault
+from .facility_admin import FacilityAdmin
 from .federation import Federation, FederationPolicy
 from .imaging import ImagingService
 from .lab import LabService
@@ -50,6 +52,7 @@ class Core:
     lab_codes: LabCodeMap
     recognition: Recognition
     shares: Shares
+    facilities: FacilityAdmin
     tokens: TokenVerifier
     policy: Policy
     audit: AuditTrail
@@ -57,6 +60,8 @@ class Core:
     rate_limiter: RateLimiter
     prober: Prober
     executor: ThreadPoolExecutor
+    #: The client session every HTTP upstream call shares (conformance checks use it too).
+    http: aiohttp.ClientSession
 
 
 @contextlib.asynccontextmanager
@@ -108,6 +113,9 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         await rebuild(store.engine, counters, table=audit_lookup)
     lookups = BufferedCounters(counters)
     audit = AuditTrail(store, lookups, enabled=settings.audit)
+    recognition = Recognition(catalogue, registry)
+    facilities = FacilityAdmin(store, cache, registry, upstreams, recognition, Vault(secret))
+    await facilities.load()
     core = Core(
         settings=settings,
         registry=registry,
@@ -127,8 +135,9 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         ),
         lab=LabService(registry, federation, upstreams, store, lab_codes),
         lab_codes=lab_codes,
-        recognition=Recognition(catalogue, registry),
+        recognition=recognition,
         shares=Shares(store, cache, secret),
+        facilities=facilities,
         tokens=tokens,
         policy=Policy(store),
         audit=audit,
@@ -141,10 +150,12 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         ),
         prober=prober,
         executor=executor,
+        http=session,
     )
     probing: asyncio.Task[None] | None = None
     audit.start()
     lookups.start()
+    facilities.start()
     try:
         if probe:
             await prober.probe()
@@ -155,6 +166,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
             probing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probing
+        await facilities.stop()
         await audit.stop()
         await lookups.stop()
         await session.close()

@@ -4,6 +4,11 @@ Each message is parsed into FHIR Observations and DiagnosticReports, written wit
 to the durable store through the group commit, and only then acknowledged (AA). A message
 sent again (same sending facility and control id) is acknowledged and not stored twice. A
 message that cannot be used is kept, raw, with the reason, and answered AE or AR naming it.
+
+A message whose processing ID (MSH-11) is ``T`` (test, as the go-live check in
+`gateway.facility_check` sends) is parsed and checked like any other, then answered without
+being written anywhere: AA when a registered feed sent it and it would have been filed, AR or
+AE naming the reason otherwise. A test message never becomes clinical data.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import datetime
 
 from adapters import mllp
 from adapters.hl7v2 import Hl7Error, OruMessage, build_ack, parse_oru
-from adapters.types import FhirJson, Hl7v2Feed
+from adapters.types import FhirJson
 
 from .group_commit import GroupCommit
 from .identity import NATIONAL_ID_SYSTEM
@@ -29,11 +34,15 @@ log = logging.getLogger(__name__)
 class LabFeed:
     def __init__(self, registry: Registry, store: Store, codes: LabCodeMap) -> None:
         self._codes = codes
-        self._senders = {
-            f.lab.sending_facility: f for f in registry if isinstance(f.lab, Hl7v2Feed)
-        }
+        # Looked up per message: a feed registered while the gateway runs is known at once.
+        self._registry = registry
         self._commit: GroupCommit[Hl7Record, bool] = GroupCommit(store.record_hl7)
         self._server: asyncio.Server | None = None
+
+    def _sender(self, sending_facility: str) -> Facility | None:
+        """The live (or pending: its check sends a test message) facility of a feed."""
+        facility = self._registry.by_sending_facility(sending_facility)
+        return facility if facility is not None and facility.status != "disabled" else None
 
     async def start(self, host: str, port: int) -> None:
         self._commit.start()
@@ -50,9 +59,10 @@ class LabFeed:
         """One message in, its ACK out: AA only once what it carries is durable."""
         now = time.strftime("%Y%m%d%H%M%S")
         raw = message.decode("utf-8", errors="replace")
+        test = _processing_id(message) == "T"
         try:
             oru = parse_oru(message)
-            facility = self._senders.get(oru.sending_facility)
+            facility = self._sender(oru.sending_facility)
             if facility is None:
                 raise Hl7Error(
                     "AR",
@@ -61,8 +71,14 @@ class LabFeed:
                 )
             record = _record(facility, oru, raw, self._codes)
         except Hl7Error as err:
+            if test:  # answered, never kept: a test message is not the store's business
+                log.info("test message refused: %s %s", err.code, err.error_code)
+                return build_ack(message, err.code, err.text, now=now)
             await self._keep_rejected(message, raw, err)
             return build_ack(message, err.code, err.text, now=now)
+        if test:
+            log.info("test message accepted, not stored", extra={"facility": facility.id})
+            return build_ack(message, "AA", "test message (MSH-11 T): not stored", now=now)
         try:
             new = await self._commit.submit(record)
         except Exception:
@@ -72,7 +88,7 @@ class LabFeed:
 
     async def _keep_rejected(self, message: bytes, raw: str, err: Hl7Error) -> None:
         sender = _msh_field(message, 4) or "unknown"
-        facility = self._senders.get(sender)
+        facility = self._sender(sender)
         record = Hl7Record(
             facility_id=facility.id if facility else sender[:64],
             control_id=err.control_id,
@@ -154,6 +170,15 @@ def _when(value: str | None) -> datetime | None:
     except ValueError:
         return None
     return when if when.utcoffset() is not None else None
+
+
+def _processing_id(message: bytes) -> str:
+    """MSH-11's first component (P production, T test, D debugging), upper case; "" if none."""
+    value = _msh_field(message, 11)
+    if not value:
+        return ""
+    component = message[4:5].decode("latin-1") or "^"  # MSH-2's first character
+    return value.split(component, 1)[0].strip().upper()
 
 
 def _msh_field(message: bytes, n: int) -> str | None:

@@ -92,9 +92,9 @@ class Recognition:
 
     def __init__(self, catalogue: Catalogue, registry: Registry) -> None:
         self.catalogue = catalogue
-        self._places = {
-            f.id: _Place(catalogue.tier_of(f.level), frozenset(f.alliances)) for f in registry
-        }
+        self._places: dict[str, _Place] = {}
+        self._covers: dict[tuple[str, str, str], bool] = {}
+        self.learn(registry)
         # (facility, item id or "*" + kind) -> the periods its quality control covers.
         qc: dict[tuple[str, str], list[tuple[date, date]]] = {}
         for entry in catalogue.quality_control:
@@ -104,7 +104,14 @@ class Recognition:
         self._qc: Mapping[tuple[str, str], tuple[tuple[date, date], ...]] = {
             k: tuple(v) for k, v in qc.items()
         }
-        self._covers: dict[tuple[str, str, str], bool] = {}
+
+    def learn(self, registry: Registry) -> None:
+        """Where each facility stands (tier, alliances): again after a registration."""
+        self._places = {
+            f.id: _Place(self.catalogue.tier_of(f.level), frozenset(f.alliances))
+            for f in registry
+        }
+        self._covers = {}
 
     @property
     def version(self) -> str:

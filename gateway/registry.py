@@ -6,6 +6,7 @@ message naming the entry and the field, never half-loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,24 @@ DISTRICTS = ("天宁区", "钟楼区", "新北区", "武进区", "金坛区", "�
 ALLIANCE_KINDS = ("医联体", "医共体", "医疗集团")
 
 _ID = re.compile(r"^F\d{3}$")
+STATUSES = ("live", "pending", "disabled")
+#: The fields a facility entry may have (the registry file's form).
+FACILITY_FIELDS = frozenset(
+    {
+        "id",
+        "name_zh",
+        "name_en",
+        "short_name_zh",
+        "level",
+        "kind",
+        "district",
+        "alliances",
+        "mrn_issuer",
+        "workstations",
+        "imaging",
+        "lab",
+    }
+)
 _ALLIANCE_ID = re.compile(r"^A\d{2}$")
 # DICOM AE titles: up to 16 characters, no backslash or control characters (PS3.5 6.2).
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -72,6 +91,13 @@ class Facility:
     workstations: tuple[str, ...]
     imaging: ImagingEndpoint
     lab: LabEndpoint
+    #: live: asked in federated searches; pending: registered, its conformance check not yet
+    #: passed; disabled: kept in the registry, asked nothing.
+    status: str = "live"
+
+    @property
+    def live(self) -> bool:
+        return self.status == "live"
 
     @property
     def mrn_system(self) -> str:
@@ -115,6 +141,24 @@ class Registry:
         """The facility a registered workstation AE title belongs to."""
         return _indexes(self).by_workstation.get(ae_title)
 
+    def by_sending_facility(self, sending_facility: str) -> Facility | None:
+        """The facility whose HL7 v2 feed sends as MSH-4 ``sending_facility``."""
+        return _indexes(self).by_sending_facility.get(sending_facility)
+
+    def put(self, facility: Facility) -> None:
+        """Add or replace one facility, in place (a registration through the admin API).
+
+        Every part of the gateway holds this one registry, so the change is seen by all of
+        them at once; the check that the facility does not clash with another is here.
+        """
+        if any(f.id == facility.id for f in self.facilities):
+            replaced = tuple(facility if f.id == facility.id else f for f in self.facilities)
+        else:
+            replaced = (*self.facilities, facility)
+        _check_unique(replaced, self.alliances)
+        object.__setattr__(self, "facilities", replaced)  # frozen: this is the one writer
+        _INDEXES.pop(id(self), None)
+
 
 @dataclass(frozen=True, slots=True)
 class _Indexes:
@@ -122,6 +166,7 @@ class _Indexes:
     by_issuer: Mapping[str, Facility]
     by_mrn_system: Mapping[str, Facility]
     by_workstation: Mapping[str, Facility]
+    by_sending_facility: Mapping[str, Facility]
 
 
 _INDEXES: dict[int, tuple[Registry, _Indexes]] = {}
@@ -138,6 +183,7 @@ def _indexes(registry: Registry) -> _Indexes:
         by_issuer={f.mrn_issuer: f for f in fs},
         by_mrn_system={f.mrn_system: f for f in fs},
         by_workstation={title: f for f in fs for title in f.workstations},
+        by_sending_facility={f.lab.sending_facility: f for f in fs if isinstance(f.lab, Hl7v2Feed)},
     )
     if len(_INDEXES) > 64:  # registries replaced over time: keep the recent ones
         _INDEXES.clear()
@@ -170,6 +216,46 @@ def parse_registry(raw: Any) -> Registry:
     facilities = tuple(_facility(f, i) for i, f in enumerate(_list(raw, "facilities", None)))
     _check_unique(facilities, alliances)
     return Registry(version=version, city=city, facilities=facilities, alliances=alliances)
+
+
+def parse_facility(raw: Any, registry: Registry, *, status: str = "pending") -> Facility:
+    """One facility in the registry file's form (a registration through the admin API),
+    checked like the file's entries, and against the registry's alliances."""
+    facility = _facility(raw, 0)
+    unknown = sorted(set(raw) - FACILITY_FIELDS)
+    if unknown:
+        raise RegistryError(f"unknown fields {unknown}", entry=facility.id)
+    known = {a.id for a in registry.alliances}
+    for alliance in facility.alliances:
+        if alliance not in known:
+            raise RegistryError(f"no alliance {alliance}", entry=facility.id, field="alliances")
+    if status not in STATUSES:
+        raise RegistryError(f"status is one of {list(STATUSES)}", entry=facility.id)
+    return dataclasses.replace(facility, status=status)
+
+
+def facility_json(f: Facility) -> dict[str, Any]:
+    """A facility in the registry file's form (what the admin API answers)."""
+    out: dict[str, Any] = {
+        "id": f.id,
+        "name_zh": f.name_zh,
+        "name_en": f.name_en,
+        "level": f.level,
+        "kind": f.kind,
+        "district": f.district,
+        "alliances": list(f.alliances),
+        "mrn_issuer": f.mrn_issuer,
+        "workstations": list(f.workstations),
+        "imaging": _endpoint_json(f.imaging),
+        "lab": _endpoint_json(f.lab),
+    }
+    if f.short_name_zh is not None:
+        out["short_name_zh"] = f.short_name_zh
+    return out
+
+
+def _endpoint_json(endpoint: ImagingEndpoint | LabEndpoint) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(endpoint).items()}
 
 
 def _alliance(raw: Any, index: int) -> Alliance:

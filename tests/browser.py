@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,24 @@ def _binaries() -> tuple[str, str] | None:
 @pytest.fixture
 def phone() -> Iterator[object]:
     """A headless Chromium WebDriver emulating a phone; skipped (failed in CI) without it."""
+    browser = _chrome(mobile=True)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def laptop() -> Iterator[object]:
+    """A headless Chromium WebDriver with a laptop's screen (1366x768)."""
+    browser = _chrome(mobile=False)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def _chrome(*, mobile: bool) -> Any:
     found = _binaries()
     if found is None:
         if os.environ.get("CI", "").lower() in ("true", "1"):
@@ -54,12 +73,12 @@ def phone() -> Iterator[object]:
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
     options.add_argument("--lang=zh-CN")
-    options.add_experimental_option(
-        "mobileEmulation", {"deviceMetrics": PHONE, "userAgent": PHONE_UA}
-    )
+    if mobile:
+        options.add_experimental_option(
+            "mobileEmulation", {"deviceMetrics": PHONE, "userAgent": PHONE_UA}
+        )
+    else:
+        options.add_argument("--window-size=1366,768")
     browser = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     browser.set_page_load_timeout(60)
-    try:
-        yield browser
-    finally:
-        browser.quit()
+    return browser

@@ -74,8 +74,13 @@ def orthanc_config(
     http_port: int,
     dicom_port: int,
     dicom_modalities: dict[str, tuple[str, str, int]] | None = None,
+    *,
+    check_called_aet: bool = False,
 ) -> dict[str, object]:
-    """The configuration of a throwaway Orthanc (1.10) on loopback ports, files in workdir."""
+    """The configuration of a throwaway Orthanc (1.10) on loopback ports, files in workdir.
+
+    ``check_called_aet``: refuse associations that call it by another AE title, as most
+    hospital PACSs do (the shared test Orthanc answers to any)."""
     storage = workdir / "storage"
     return {
         "Name": "huren-test-orthanc",
@@ -91,7 +96,7 @@ def orthanc_config(
         "DicomServerEnabled": True,
         "DicomAet": ORTHANC_AET,
         "DicomPort": dicom_port,
-        "DicomCheckCalledAet": False,
+        "DicomCheckCalledAet": check_called_aet,
         "DicomCheckModalityHost": False,
         # Unknown calling AEs (e.g. "HUREN", dcmtk) may query and retrieve; C-MOVE still
         # needs its destination among DicomModalities.
@@ -123,7 +128,10 @@ def orthanc_config(
 
 
 def start_orthanc(
-    workdir: Path, *, dicom_modalities: dict[str, tuple[str, str, int]] | None = None
+    workdir: Path,
+    *,
+    dicom_modalities: dict[str, tuple[str, str, int]] | None = None,
+    check_called_aet: bool = False,
 ) -> OrthancServer:
     """Start Orthanc with a config written into workdir; return once ``GET /system`` answers.
 
@@ -135,7 +143,9 @@ def start_orthanc(
     dicom_port = free_port()
     while dicom_port == http_port:
         dicom_port = free_port()
-    config = orthanc_config(workdir, http_port, dicom_port, dicom_modalities)
+    config = orthanc_config(
+        workdir, http_port, dicom_port, dicom_modalities, check_called_aet=check_called_aet
+    )
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     log_path = workdir / "orthanc.log"
@@ -231,3 +241,15 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
         yield server
     finally:
         stop_orthanc(server)
+
+
+@pytest.fixture(scope="session")
+def strict_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """An Orthanc that checks the called AE title, as most hospital PACSs do."""
+    require_orthanc()
+    server = start_orthanc(tmp_path_factory.mktemp("strict-orthanc"), check_called_aet=True)
+    try:
+        yield server
+    finally:
+        stop_orthanc(server)
+
