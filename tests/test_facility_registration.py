@@ -358,3 +358,49 @@ async def test_the_console_shows_the_city_in_a_browser(h: Hospital, laptop: Any)
     regulator = bearer(h.city.data_dir, "regulator", subject="wjw")
     page = await (await h.client.get("/admin", headers=regulator)).text()
     assert "320412200011169134" not in page and "dr-li" not in page
+
+
+async def test_the_cli_registers_and_checks_and_a_running_gateway_sees_it(
+    h: Hospital, tmp_path: Path
+) -> None:
+    """`huren facility add|check` beside a running gateway on the embedded defaults: the
+    gateway sees the change by itself (no Redis to carry a message, no restart)."""
+    from tests.city import huren_command
+
+    body = _registration(imaging={"kind": "dicomweb", "url": h.orthanc.dicomweb_url})
+    path = tmp_path / "f112.json"
+    path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+
+    def run(*args: str) -> Any:
+        import subprocess
+
+        return subprocess.run(
+            huren_command(h.city.data_dir, "facility", *args),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    added = await asyncio.to_thread(run, "add", str(path))
+    assert added.returncode == 0, added.stderr
+    assert "pending" in added.stdout
+
+    async def status() -> str | None:
+        resp = await h.client.get(f"/admin/facilities/{NEW}", headers=h.admin)
+        return str((await resp.json())["status"]) if resp.status == 200 else None
+
+    for _ in range(50):
+        if await status() == "pending":
+            break
+        await asyncio.sleep(0.2)
+    assert await status() == "pending"
+    checked = await asyncio.to_thread(run, "check", NEW)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "PASS" in checked.stdout and "dicomweb.qido-studies" in checked.stdout
+    for _ in range(50):
+        if await status() == "live":
+            break
+        await asyncio.sleep(0.2)
+    assert await status() == "live"
+    again = await asyncio.to_thread(run, "add", str(path))
+    assert again.returncode == 2 and "update" in again.stderr and "Traceback" not in again.stderr
