@@ -27,10 +27,8 @@ import hashlib
 import hmac
 import io
 import logging
-import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -54,6 +52,7 @@ from sqlalchemy import (
 
 from .cache import Cache, CacheError
 from .errors import ConfigError, GatewayError
+from .keyfiles import create_once, keys_dir
 from .storage import Store, UtcDateTime, metadata
 
 __all__ = [
@@ -720,11 +719,7 @@ def share_secret(data_dir: Path, configured: str | None = None) -> bytes:
     """
     if configured is not None:
         return _decode_secret(configured)
-    keys_dir = data_dir / "keys"
-    if not keys_dir.is_dir():
-        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(keys_dir, 0o700)  # mkdir's mode went through the umask
-    path = keys_dir / SECRET_FILE
+    path = keys_dir(data_dir) / SECRET_FILE
     try:
         value = path.read_bytes()
     except FileNotFoundError:
@@ -735,20 +730,7 @@ def share_secret(data_dir: Path, configured: str | None = None) -> bytes:
 
 
 def _create_secret(path: Path) -> bytes:
-    value = secrets.token_bytes(SECRET_BYTES)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(value)
-            f.flush()
-            os.fsync(f.fileno())
-        # link() fails if the name exists: the first writer wins, whole, never half-written.
-        os.link(tmp, path)
-    except FileExistsError:
-        return path.read_bytes()
-    finally:
-        os.unlink(tmp)
-    return value
+    return create_once(path, secrets.token_bytes(SECRET_BYTES))
 
 
 # -- QR codes -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from .errors import ConfigError, GatewayError
+from .keyfiles import create_once, keys_dir
 
 __all__ = [
     "DEFAULT_AUDIENCE",
@@ -647,11 +648,8 @@ def dev_keys(data_dir: Path) -> tuple[bytes, dict[str, Any]]:
     ConfigError
         The key file exists but is not an EC P-256 private key.
     """
-    keys_dir = data_dir / "keys"
-    if not keys_dir.is_dir():
-        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(keys_dir, 0o700)  # mkdir's mode went through the umask
-    pem_path = keys_dir / "dev-es256.pem"
+    folder = keys_dir(data_dir)
+    pem_path = folder / "dev-es256.pem"
     try:
         pem = pem_path.read_bytes()
     except FileNotFoundError:
@@ -664,7 +662,7 @@ def dev_keys(data_dir: Path) -> tuple[bytes, dict[str, Any]]:
         raise ConfigError(f"{pem_path}: expected an EC P-256 private key")
     jwks = {"keys": [public_jwk(key)]}
     text = json.dumps(jwks, indent=2) + "\n"
-    jwks_path = keys_dir / "jwks.json"
+    jwks_path = folder / "jwks.json"
     try:
         current = jwks_path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -680,19 +678,7 @@ def _create_dev_key(path: Path) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        # link() fails if the name exists: the first writer wins, whole, never half-written.
-        os.link(tmp, path)
-    except FileExistsError:
-        return path.read_bytes()
-    finally:
-        os.unlink(tmp)
-    return pem
+    return create_once(path, pem)
 
 
 def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:

@@ -252,4 +252,3 @@ def strict_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc
         yield server
     finally:
         stop_orthanc(server)
-
