@@ -22,16 +22,15 @@ facility.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-Lang = Literal["zh", "en"]
+from .page_text import HTML_LANG, OTHER_LANG, csp_hash, words
+from .page_text import Lang as Lang  # re-exported: the pages' callers name it from here
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,17 +307,13 @@ _EN: Final[dict[str, str]] = {
 }
 
 _TEXT: Final[dict[Lang, dict[str, str]]] = {"zh": _ZH, "en": _EN}
-_HTML_LANG: Final[dict[Lang, str]] = {"zh": "zh-CN", "en": "en"}
-_OTHER: Final[dict[Lang, Lang]] = {"zh": "en", "en": "zh"}
 
 #: Buckets of the heat map's colour scale (classes b0..b7).
 BUCKETS: Final = 8
 
 
 def _t(lang: Lang, key: str, **values: object) -> str:
-    """The text `key` in `lang` as safe HTML, its {fields} filled with escaped values."""
-    template = escape(_TEXT[lang][key])
-    return template.format(**{k: escape(str(v)) for k, v in values.items()}) if values else template
+    return words(_TEXT, lang, key, **values)
 
 
 def _attr(value: str) -> str:
@@ -469,14 +464,9 @@ background:#fdecee;color:#a50017;font-size:12px}
 """
 
 
-def _csp_hash(source: str) -> str:
-    digest = hashlib.sha256(source.encode("utf-8")).digest()
-    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
-
-
 # Allows exactly the inline style above: no script, no image, no form, no frame.
 CONTENT_SECURITY_POLICY: Final = (
-    f"default-src 'none'; style-src {_csp_hash(_CSS)}; script-src 'none'; "
+    f"default-src 'none'; style-src {csp_hash(_CSS)}; script-src 'none'; "
     "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 
@@ -1019,7 +1009,7 @@ _SECTIONS: Final = (
 def console_page(lang: Lang, view: ConsoleView) -> str:
     """The console: headline numbers, facilities and their endpoints, look-ups per day and
     between facilities, recognition, failed conformance checks."""
-    other = _OTHER[lang]
+    other = OTHER_LANG[lang]
     title = _t(lang, "console")
     jump = "".join(f'<a href="#{sid}">{_t(lang, key)}</a>' for sid, key in _SECTIONS)
     header = (
@@ -1027,8 +1017,8 @@ def console_page(lang: Lang, view: ConsoleView) -> str:
         f"<h1>{title}</h1>\n"
         f'<span class="when" id="period">{_t(lang, "period", period=view.period)}</span>\n'
         f'<span class="when" id="generated">{_t(lang, "generated", when=view.generated)}</span>\n'
-        f'<a class="lang" href="?lang={other}" hreflang="{_HTML_LANG[other]}" '
-        f'lang="{_HTML_LANG[other]}">{_t(lang, "switch")}</a>\n'
+        f'<a class="lang" href="?lang={other}" hreflang="{HTML_LANG[other]}" '
+        f'lang="{HTML_LANG[other]}">{_t(lang, "switch")}</a>\n'
         "</header>\n"
     )
     body = (
@@ -1045,7 +1035,7 @@ def console_page(lang: Lang, view: ConsoleView) -> str:
     )
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="{_HTML_LANG[lang]}">\n<head>\n'
+        f'<html lang="{HTML_LANG[lang]}">\n<head>\n'
         '<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="referrer" content="no-referrer">\n'

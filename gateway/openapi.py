@@ -12,6 +12,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from .registry import DISTRICTS, KINDS, LEVELS
+
 _ERROR: Final = {
     "type": "object",
     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
@@ -70,31 +72,9 @@ _FACILITY: Final = {
         "name_zh": {"type": "string"},
         "name_en": {"type": "string"},
         "short_name_zh": {"type": "string"},
-        "level": {
-            "enum": [
-                "三级甲等",
-                "三级乙等",
-                "三级",
-                "二级甲等",
-                "二级乙等",
-                "二级",
-                "一级",
-                "未定级",
-            ]
-        },
-        "kind": {
-            "enum": [
-                "general",
-                "tcm",
-                "children",
-                "maternal_child",
-                "specialist",
-                "public_health",
-                "township",
-                "community",
-            ]
-        },
-        "district": {"type": "string"},
+        "level": {"enum": list(LEVELS)},
+        "kind": {"enum": list(KINDS)},
+        "district": {"enum": list(DISTRICTS)},
         "alliances": {"type": "array", "items": {"type": "string", "pattern": "^A\\d{2}$"}},
         "mrn_issuer": {"type": "string"},
         "workstations": {"type": "array", "items": {"type": "string", "maxLength": 16}},

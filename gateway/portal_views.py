@@ -17,15 +17,15 @@ hash: a handler can send it as the ``Content-Security-Policy`` header of every p
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 from dataclasses import dataclass
 from html import escape
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-Lang = Literal["zh", "en"]
+from .page_text import HTML_LANG, OTHER_LANG, csp_hash, words
+from .page_text import Lang as Lang  # re-exported: the pages' callers name it from here
+
 Flag = Literal["H", "L", "N", ""]
 UnlockKind = Literal["id4", "pin"]
 ErrorKind = Literal["forged", "expired", "revoked", "locked", "not-found", "error"]
@@ -344,14 +344,10 @@ _EN: Final[dict[str, str]] = {
 }
 
 _TEXT: Final[dict[Lang, dict[str, str]]] = {"zh": _ZH, "en": _EN}
-_HTML_LANG: Final[dict[Lang, str]] = {"zh": "zh-CN", "en": "en"}
-_OTHER: Final[dict[Lang, Lang]] = {"zh": "en", "en": "zh"}
 
 
 def _t(lang: Lang, key: str, **values: object) -> str:
-    """The text `key` in `lang` as safe HTML, its {fields} filled with escaped values."""
-    template = escape(_TEXT[lang][key])
-    return template.format(**{k: escape(str(v)) for k, v in values.items()}) if values else template
+    return words(_TEXT, lang, key, **values)
 
 
 def _raw(lang: Lang, key: str) -> str:
@@ -777,15 +773,10 @@ _VIEWER_JS: Final = """
 """
 
 
-def _csp_hash(source: str) -> str:
-    digest = hashlib.sha256(source.encode("utf-8")).digest()
-    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
-
-
 # Allows exactly the inline style and script above, images and forms from the gateway only.
 CONTENT_SECURITY_POLICY: Final = (
     "default-src 'none'; img-src 'self'; "
-    f"style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_VIEWER_JS)}; "
+    f"style-src {csp_hash(_CSS)}; script-src {csp_hash(_VIEWER_JS)}; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
@@ -797,7 +788,7 @@ def _page(lang: Lang, title: str, body: str, *, script: str = "") -> str:
     """A whole HTML5 document; `title` and `body` are safe HTML already."""
     return (
         "<!DOCTYPE html>\n"
-        f'<html lang="{_HTML_LANG[lang]}">\n<head>\n'
+        f'<html lang="{HTML_LANG[lang]}">\n<head>\n'
         '<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         # The page's URL is a key to the records: never send it on to another site.
@@ -814,7 +805,7 @@ def _page(lang: Lang, title: str, body: str, *, script: str = "") -> str:
 
 def _top(lang: Lang, here: str = "", *, back: str = "") -> str:
     """The top bar: a back link or the portal's name, and the link to the other language."""
-    other = _OTHER[lang]
+    other = OTHER_LANG[lang]
     start = (
         f'<a class="back" id="back" href="{_attr(back)}">‹ {_t(lang, "back_list")}</a>'
         if back
@@ -823,7 +814,7 @@ def _top(lang: Lang, here: str = "", *, back: str = "") -> str:
     # Named in its own language ("English", "中文"), so whoever needs it can read it.
     switch = (
         f'<a class="lang" href="{_attr(_set_lang(here, other))}" '
-        f'hreflang="{_HTML_LANG[other]}" lang="{_HTML_LANG[other]}">{_t(lang, "switch")}</a>'
+        f'hreflang="{HTML_LANG[other]}" lang="{HTML_LANG[other]}">{_t(lang, "switch")}</a>'
     )
     return f'<header class="top">\n{start}\n{switch}\n</header>\n'
 
