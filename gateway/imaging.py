@@ -71,7 +71,9 @@ class ImagingService:
         facilities that know the person are asked.
         """
         targets = (
-            list(facility_ids) if facility_ids is not None else self.upstreams.imaging_facilities()
+            [fid for fid in facility_ids if self._live(fid)]
+            if facility_ids is not None
+            else self.upstreams.imaging_facilities()
         )
         per_facility = {fid: dict(match) for fid in targets}
         patient_id = match.get("PatientID", "")
@@ -181,6 +183,12 @@ class ImagingService:
             return await self.store.person_for(facility.mrn_system, patient_id)
         return await resolve_person(self.store, self.registry, patient_id, issuer)
 
+    def _live(self, facility_id: str) -> bool:
+        """Registered and live: a pending facility (its check not passed) or a disabled one
+        answers nobody's searches, not even at its own endpoint."""
+        facility = self.registry.get(facility_id)
+        return facility is not None and facility.live
+
     async def study_series(self, fid: str, study: str) -> list[DicomJson]:
         """The series of a study held at ``fid``, with their modality and body part (what
         recognition looks at, and what an ImagingStudy lists); [] when the facility cannot
@@ -251,8 +259,8 @@ class ImagingService:
         opening a study's series after finding it does not ask 111 facilities again.
         """
         if facility_id is not None:
-            if self.registry.get(facility_id) is None:
-                raise NotFound(f"no facility {facility_id}")
+            if not self._live(facility_id):
+                raise NotFound(f"no facility {facility_id} is live")
             return facility_id
         key = f"study-holder:{study}"
         cached = await self.cache.get(key)

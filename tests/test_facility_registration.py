@@ -175,8 +175,18 @@ async def test_a_new_hospital_registers_passes_its_check_and_is_searched(h: Hosp
     resp = await h.client.post("/admin/facilities", json=body, headers=h.integrator)
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["status"] == "pending"
-    # Pending: federated searches do not ask it yet.
+    # Pending: federated searches do not ask it yet, nor does its own endpoint answer.
     assert await _studies(h, StudyInstanceUID=h.study) == []
+    own = await h.client.get(
+        f"/facilities/{NEW}/dicomweb/studies",
+        params={"StudyInstanceUID": h.study},
+        headers=h.service,
+    )
+    assert own.status == 200 and await own.json() == []
+    metadata = await h.client.get(
+        f"/facilities/{NEW}/dicomweb/studies/{h.study}/metadata", headers=h.service
+    )
+    assert metadata.status == 404
 
     resp = await h.client.post(f"/admin/facilities/{NEW}/check", headers=h.integrator)
     report = await resp.json()
