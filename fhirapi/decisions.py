@@ -25,7 +25,7 @@ from gateway.recognition_decisions import (
     decisions_for,
     record,
 )
-from gateway.storage import Person, patient_id_of
+from gateway.storage import Person, patient_id_of, source_facility
 from gateway.web import CORE
 
 from . import params as P
@@ -33,7 +33,7 @@ from .conformance import retest_reasons
 from .outcome import FhirError, fhir_response
 from .patients import base_url
 from .search import Criteria, as_ours, fetch
-from .verdicts import RESULT_TYPES, Judge, holder_of, verdict_extension
+from .verdicts import RESULT_TYPES, Judge, verdict_extension
 
 PROFILE: Final = "urn:huren:StructureDefinition/recognition-decision"
 DECISION_SYSTEM: Final = "urn:huren:CodeSystem/recognition-decision"
@@ -294,7 +294,7 @@ async def _find(
         if resource.get("id") != result_id:
             continue
         ours = as_ours(resource, person, fid)  # HL7-fed results come from the gateway's index
-        if holder_of(ours) == holder:
+        if source_facility(ours) == holder:
             return ours
     if holder in {o.facility_id for o in found.failures}:
         raise FhirError(503, "transient", f"{holder} did not answer: try again")

@@ -18,14 +18,14 @@ from aiohttp import web
 from gateway.federation import FederatedResult
 from gateway.guard import access_of
 from gateway.recognition import Verdict
-from gateway.storage import Person
+from gateway.storage import Person, source_facility
 from gateway.web import CORE
 
 from . import params as P
 from .outcome import FhirError, fhir_response
 from .patients import person_for_identifier
 from .search import MAX_RESULTS, Criteria, as_ours, entry, fetch, outcome_entries
-from .verdicts import RESULT_TYPES, Judge, holder_of, item_coding, reason_coding, write_verdict
+from .verdicts import RESULT_TYPES, Judge, item_coding, reason_coding, write_verdict
 
 LAB_TYPES: Final = ("Observation", "DiagnosticReport")
 PRIORS_PARAMS: Final = frozenset(
@@ -57,7 +57,7 @@ async def recognition(request: web.Request) -> web.Response:
         raise FhirError(
             400, "invalid", f"$recognition on {rtype} was given a {resource.get('resourceType')}"
         )
-    if holder_of(resource) is None:
+    if source_facility(resource) is None:
         raise FhirError(
             422,
             "processing",
@@ -129,7 +129,7 @@ async def recognized_priors(request: web.Request) -> web.Response:
                 when = str(ours.get("effectiveDateTime") or ours.get("started") or "")
                 kept.append((verdict.performed, when, ours))
     kept.sort(key=lambda k: (k[0] or date.min, k[1]), reverse=True)
-    access.holders.update(fid for fid in (holder_of(r) for _, _, r in kept) if fid)
+    access.holders.update(fid for fid in (source_facility(r) for _, _, r in kept) if fid)
     entries = [entry(request, r, "match") for _, _, r in kept]
     return fhir_response(_bundle(request, entries, found))
 

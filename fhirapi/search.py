@@ -23,7 +23,7 @@ from gateway.guard import access_of
 from gateway.identity import NATIONAL_ID_SYSTEM
 from gateway.lab import LabQuery
 from gateway.search_terms import has_coding
-from gateway.storage import FACILITY_SOURCE_PREFIX, Person
+from gateway.storage import FACILITY_SOURCE_PREFIX, Person, source_facility
 from gateway.web import CORE
 
 from . import imaging_study
@@ -123,7 +123,7 @@ async def search(request: web.Request) -> web.Response:
     judge = Judge.for_request(request)
     for e in matches:
         judge.mark(e["resource"])
-    access.holders.update(holder_of(e["resource"]) for e in matches)
+    access.holders.update(f for e in matches if (f := source_facility(e["resource"])))
     if criteria.summary_count:
         return fhir_response(_searchset(request, len(matches), [], None))
     included, links = await _included(request, criteria, [e["resource"] for e in matches])
@@ -285,10 +285,6 @@ def as_ours(resource: dict[str, Any], person: Person | None, fid: str) -> dict[s
         kept = {k: v for k, v in out["subject"].items() if k in ("identifier", "display")}
         out["subject"] = {"reference": f"Patient/{person.patient_id}", **kept}
     return out
-
-
-def holder_of(resource: dict[str, Any]) -> str:
-    return str(resource.get("meta", {}).get("source", "")).removeprefix(FACILITY_SOURCE_PREFIX)
 
 
 def entry(request: web.Request, resource: dict[str, Any], mode: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from gateway.recognition import (
     city_today,
     facts_of_fhir,
 )
-from gateway.storage import FACILITY_SOURCE_PREFIX
+from gateway.storage import source_facility
 from gateway.web import CORE
 
 VERDICT_URL: Final = "urn:huren:StructureDefinition/recognition-verdict"
@@ -63,7 +63,7 @@ class Judge:
         """The verdict on a result the gateway answers (its meta.source names the holder)."""
         if resource.get("resourceType") not in RESULT_TYPES:
             return None
-        holder = holder_of(resource)
+        holder = source_facility(resource)
         if holder is None:
             return None
         return self.recognition.verdict(facts_of_fhir(resource, holder), self.asker, self.on)
@@ -76,15 +76,6 @@ class Judge:
         if verdict is not None:
             write_verdict(resource, verdict)
         return verdict
-
-
-def holder_of(resource: dict[str, Any]) -> str | None:
-    source = str(resource.get("meta", {}).get("source", ""))
-    return (
-        source.removeprefix(FACILITY_SOURCE_PREFIX)
-        if source.startswith(FACILITY_SOURCE_PREFIX)
-        else None
-    )
 
 
 def write_verdict(resource: dict[str, Any], verdict: Verdict) -> None:

@@ -39,7 +39,7 @@ from .lab import LabQuery
 from .recognition import city_today, facts_of_fhir, facts_of_study
 from .registry import Registry
 from .shares import Share, ShareRefused, covers, qr_png, qr_svg
-from .storage import FACILITY_SOURCE_PREFIX
+from .storage import source_facility
 from .web import CORE
 
 PREFIX: Final = "/portal/s/{token}"
@@ -146,7 +146,7 @@ async def _lab(
 
     async def search(rtype: str) -> list[tuple[str, dict[str, Any]]]:
         query = LabQuery(rtype, NATIONAL_ID_SYSTEM, share.person_key, count=1000)
-        return [(_holder(r) or fid, r) for fid, r in (await core.lab.search(query)).items]
+        return [(source_facility(r) or fid, r) for fid, r in (await core.lab.search(query)).items]
 
     reports, observations = await asyncio.gather(search("DiagnosticReport"), search("Observation"))
     by_id = {(fid, f"Observation/{o.get('id')}"): o for fid, o in observations}
@@ -487,15 +487,6 @@ def _facility_name(registry: Registry, fid: str, lang: views.Lang) -> str:
     if facility is None:
         return fid
     return facility.name_zh if lang == "zh" else facility.name_en
-
-
-def _holder(resource: Mapping[str, Any]) -> str | None:
-    source = str(resource.get("meta", {}).get("source", ""))
-    return (
-        source.removeprefix(FACILITY_SOURCE_PREFIX)
-        if source.startswith(FACILITY_SOURCE_PREFIX)
-        else None
-    )
 
 
 def _is_imaging(report: Mapping[str, Any]) -> bool:

@@ -58,6 +58,18 @@ __all__ = [
 
 #: meta.source of a resource from a facility: this prefix and the facility id.
 FACILITY_SOURCE_PREFIX: Final = "urn:huren:facility:"
+
+
+def source_facility(resource: Mapping[str, Any]) -> str | None:
+    """The facility a resource's ``meta.source`` names (``urn:huren:facility:Fxxx``)."""
+    source = str((resource.get("meta") or {}).get("source", ""))
+    return (
+        source.removeprefix(FACILITY_SOURCE_PREFIX)
+        if source.startswith(FACILITY_SOURCE_PREFIX)
+        else None
+    )
+
+
 DATABASE_FILE: Final = "huren.db"
 #: Seconds an MPI read is reused, and how many are kept (see Store.__init__).
 MPI_TTL: Final = 5.0
