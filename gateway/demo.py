@@ -126,9 +126,7 @@ def _demo_clinician(settings: Settings) -> DemoClinician:
     return DemoClinician(facility, token, resident["national_id"])
 
 
-def _print_urls(
-    settings: Settings, seconds: float, doctor: DemoClinician, link: list[str]
-) -> None:
+def _print_urls(settings: Settings, seconds: float, doctor: DemoClinician, link: list[str]) -> None:
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"""

@@ -108,8 +108,7 @@ class Recognition:
     def learn(self, registry: Registry) -> None:
         """Where each facility stands (tier, alliances): again after a registration."""
         self._places = {
-            f.id: _Place(self.catalogue.tier_of(f.level), frozenset(f.alliances))
-            for f in registry
+            f.id: _Place(self.catalogue.tier_of(f.level), frozenset(f.alliances)) for f in registry
         }
         self._covers = {}
 
