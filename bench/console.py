@@ -35,7 +35,8 @@ from gateway.audit import CITY_TZ
 from gateway.registry import load_registry
 from gateway.storage import DATABASE_FILE, Store, database_url_for
 from gateway.tokens import dev_keys, mint
-from tests.city import free_port, huren_command
+from tests.city import huren_command
+from tests.ports import free_port
 
 LOOKUPS = 1_020_293
 

@@ -42,8 +42,9 @@ from gateway.config import Settings
 from gateway.core import open_core
 from gateway.seed_import import import_seed
 from seeds.generator import generate
-from tests.city import free_port, huren_command, start_simulator, stop_process
+from tests.city import huren_command, start_simulator, stop_process
 from tests.orthanc import orthanc_missing, start_orthanc, stop_orthanc
+from tests.ports import free_port
 
 FACILITY = "F001"  # a DICOMweb PACS in the registry
 SIM_BASE = "http://127.0.0.1:18001/dicomweb"

@@ -39,7 +39,8 @@ from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
-from tests.city import City, free_port, huren_command, start_simulator, stop_process
+from tests.city import City, huren_command, start_simulator, stop_process
+from tests.ports import free_port
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
 from seeds.hl7_sender import control_id_of, messages_for_facility, parse_ack
-from tests.city import free_port, huren_command, start_simulator, stop_process
+from tests.city import huren_command, start_simulator, stop_process
+from tests.ports import free_port
 
 PG_ADMIN = os.environ.get("HUREN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -50,7 +50,8 @@ from gateway.core import open_core
 from gateway.seed_import import import_seed
 from gateway.tokens import dev_keys, mint
 from seeds.generator import generate
-from tests.city import free_port, huren_command, start_simulator, stop_process
+from tests.city import huren_command, start_simulator, stop_process
+from tests.ports import free_port
 
 CITY_LOOKUPS = 1_020_293
 #: Look-ups each gateway answers before it is measured (its holders' answers get cached).

@@ -42,7 +42,8 @@ from gateway.core import open_core
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
-from tests.city import free_port, huren_command, start_simulator, stop_process
+from tests.city import huren_command, start_simulator, stop_process
+from tests.ports import free_port
 
 SLICES = 300
 _SERIES_DATA = re.compile(r'<script type="application/json" id="series-data">(.*?)</script>', re.S)

@@ -44,7 +44,8 @@ from gateway.recognition_catalogue import load_catalogue
 from gateway.registry import load_registry
 from gateway.seed_import import import_seed
 from seeds.generator import generate
-from tests.city import free_port, huren_command, start_simulator, stop_process
+from tests.city import huren_command, start_simulator, stop_process
+from tests.ports import free_port
 
 
 def results(data_dir: Path) -> list[tuple[str, dict[str, Any]]]:

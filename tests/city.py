@@ -7,7 +7,6 @@ import contextlib
 import json
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import Settings
 from seeds.generator import generate
+from tests.ports import free_port
 
 #: The aiohttp test client the gateway fixtures hand out.
 Client = TestClient[web.Request, web.Application]
@@ -32,13 +32,6 @@ Client = TestClient[web.Request, web.Application]
 CITY_PATIENTS = 12
 CITY_SEED = 7
 READY_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

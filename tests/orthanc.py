@@ -20,17 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 ORTHANC_BIN = Path(shutil.which("Orthanc") or "/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 ORTHANC_AET = "ORTHANC"
 READY_TIMEOUT = 60.0  # seconds for Orthanc to answer GET /system
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -17,7 +17,8 @@ from pydicom.uid import generate_uid
 from adapters.dul import Association
 from adapters.types import DicomWebEndpoint, DimseEndpoint, NoImaging
 from gateway.registry import load_registry
-from tests.city import City, Client, free_port, open_gateway, token
+from tests.city import City, Client, open_gateway, token
+from tests.ports import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("findscu") is None, reason="dcmtk is not installed")
 REGISTRY = load_registry()

@@ -49,7 +49,8 @@ from gateway.lab_feed import LabFeed
 from gateway.registry import Facility, default_registry_path, load_registry
 from gateway.storage import Store, database_url_for, lab_result
 from seeds.sim_fhir import FhirStore, add_routes, capability_statement
-from tests.orthanc import OrthancServer, free_port
+from tests.orthanc import OrthancServer
+from tests.ports import free_port
 
 CT_IMAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 IMAGING_NAMES = {

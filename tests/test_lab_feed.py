@@ -17,7 +17,8 @@ from gateway.lab_feed import LabFeed
 from gateway.registry import load_registry
 from gateway.storage import Store, database_url_for
 from seeds.hl7_sender import messages_for_facility, parse_ack
-from tests.city import City, free_port
+from tests.city import City
+from tests.ports import free_port
 
 REGISTRY = load_registry()
 

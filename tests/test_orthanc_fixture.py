@@ -15,7 +15,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from tests.orthanc import OrthancServer, free_port, require_orthanc, start_orthanc, stop_orthanc
+from tests.orthanc import OrthancServer, require_orthanc, start_orthanc, stop_orthanc
+from tests.ports import free_port
 
 needs_dcmtk = pytest.mark.skipif(
     shutil.which("findscu") is None, reason="dcmtk is not installed (scripts/test installs it)"

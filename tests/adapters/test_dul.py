@@ -19,7 +19,8 @@ from adapters.dul import Association
 from adapters.errors import UpstreamError, UpstreamProtocolError, UpstreamUnavailable
 from adapters.types import DimseEndpoint, StudyQuery
 from gateway.registry import load_registry
-from tests.city import City, free_port
+from tests.city import City
+from tests.ports import free_port
 
 
 def test_command_round_trip() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from contextlib import suppress
 
 import pytest
@@ -18,6 +17,7 @@ from adapters.mllp import (
     send_and_wait_ack,
 )
 from tests.loopback import Handler, Serve
+from tests.ports import free_port
 
 MESSAGE = (
     "MSH|^~\\&|LIS|F001|HUREN|HUREN|20240305101500+0800||ORU^R01^ORU_R01|1|P|2.5.1\r"
@@ -62,13 +62,6 @@ async def _read_all(serve: Serve, payload: bytes, *, max_bytes: int = 1_048_576)
         return frames
     finally:
         await _close(writer)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_frame_wraps_message_in_start_and_end_blocks() -> None:
@@ -149,7 +142,7 @@ async def test_eof_mid_frame_raises(serve: Serve, payload: bytes) -> None:
 async def test_unreachable_port_raises_upstream_unavailable() -> None:
     """Nobody listening on the port is UpstreamUnavailable."""
     with pytest.raises(UpstreamUnavailable, match="cannot connect"):
-        await send_and_wait_ack("127.0.0.1", _free_port(), MESSAGE, timeout=5)
+        await send_and_wait_ack("127.0.0.1", free_port(), MESSAGE, timeout=5)
 
 
 async def test_peer_closing_without_ack_raises_upstream_unavailable(serve: Serve) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from seeds.hl7_sender import (
     unescape,
 )
 from tests.loopback import Serve
+from tests.ports import free_port
 
 Resource = dict[str, Any]
 
@@ -416,11 +416,8 @@ async def test_send_feed_reconnects_when_peer_closes_without_ack(serve: Serve) -
 
 async def test_send_feed_to_unreachable_port_raises_upstream_unavailable() -> None:
     """With nobody listening, the feed fails with UpstreamUnavailable after its retries."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
     with pytest.raises(UpstreamUnavailable):
-        await send_feed("127.0.0.1", port, _messages(1), timeout=1, backoff=0.01)
+        await send_feed("127.0.0.1", free_port(), _messages(1), timeout=1, backoff=0.01)
 
 
 async def test_send_feed_of_nothing_opens_no_connection(serve: Serve) -> None:
