@@ -12,6 +12,7 @@ from aiohttp import web
 from .audit import audit_event, audit_lookup
 from .guard import access_of
 from .lookup_stats import Grouping, reconcile
+from .recognition import city_today
 from .recognition_decisions import statistics as decision_statistics
 from .tokens import DEV_ISSUER, ROLES
 from .web import CORE
@@ -145,6 +146,7 @@ async def recognition_stats(request: web.Request) -> web.Response:
         )
         for kind in ("lab", "imaging")
     }
+    lapsing = core.recognition.lapsing(city_today(), core.settings.qc_warning_days)
     return web.json_response(
         {
             "from": start.isoformat(),
@@ -153,6 +155,17 @@ async def recognition_stats(request: web.Request) -> web.Response:
             "catalogue": catalogue.version,
             "retest_reasons": "urn:huren:CodeSystem/retest-reason",
             "facilities_passing_quality_control": qc_on_day,
+            # Passes about to end: from the next day those facilities' results lose the mark.
+            "quality_control_lapsing": [
+                {
+                    "facility": x.facility,
+                    "kind": x.kind,
+                    "covered_until": x.covered_until.isoformat(),
+                    "days_left": x.days_left,
+                }
+                for x in lapsing
+                if facility is None or x.facility == facility
+            ],
             **stats,
         }
     )

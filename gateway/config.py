@@ -73,6 +73,9 @@ class Settings:
     #: Give every result the gateway answers its recognition verdict. Off only to measure
     #: what verdicts cost (bench/recognition.py).
     verdicts: bool = True
+    #: Days ahead the console, the recognition statistics and the log warn that a facility's
+    #: quality-control passes end (after that its results lose the HR mark).
+    qc_warning_days: int = 60
     #: Requests a minute per user and per facility (0: no limit); over it, 429.
     rate_limit_user: int = 1200
     rate_limit_facility: int = 60000

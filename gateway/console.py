@@ -22,6 +22,7 @@ from . import console_views as views
 from .audit import CITY_TZ
 from .guard import access_of
 from .metrics import REGISTRY
+from .recognition import city_today
 from .recognition_decisions import statistics as decision_statistics
 from .web import CORE
 
@@ -95,6 +96,8 @@ async def console(request: web.Request) -> web.Response:
             )
             for row in failed
         ),
+        qc_lapsing=tuple(_qc_groups(request, lang)),
+        qc_warning_days=core.settings.qc_warning_days,
         show_facility_details=principal.role != "regulator",
     )
     response = web.Response(
@@ -103,6 +106,21 @@ async def console(request: web.Request) -> web.Response:
     response.headers["Content-Security-Policy"] = views.CONTENT_SECURITY_POLICY
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _qc_groups(request: web.Request, lang: views.Lang) -> list[views.QcLapseGroup]:
+    """The facilities whose quality control ends within the warning window, by day and kind."""
+    core = request.app[CORE]
+    groups: dict[tuple[date, str], list[tuple[str, str]]] = defaultdict(list)
+    days_left: dict[tuple[date, str], int] = {}
+    for lapse in core.recognition.lapsing(city_today(), core.settings.qc_warning_days):
+        key = (lapse.covered_until, lapse.kind)
+        groups[key].append((lapse.facility, _name(request, lapse.facility, lang)))
+        days_left[key] = lapse.days_left
+    return [
+        views.QcLapseGroup(kind, until.isoformat(), days_left[(until, kind)], tuple(members))
+        for (until, kind), members in sorted(groups.items())
+    ]
 
 
 def _facility_rows(request: web.Request, lang: views.Lang) -> list[views.FacilityRow]:

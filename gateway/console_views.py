@@ -102,6 +102,17 @@ class FailedCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class QcLapseGroup:
+    """Facilities whose quality control of one kind ends on one day (the region publishes
+    passes for a year at a time, so whole groups end together)."""
+
+    kind: str  # lab | imaging
+    covered_until: str  # "2026-12-31"
+    days_left: int
+    facilities: tuple[tuple[str, str], ...]  # (id, name)
+
+
+@dataclass(frozen=True, slots=True)
 class ConsoleView:
     """Everything the console shows."""
 
@@ -115,6 +126,8 @@ class ConsoleView:
     recognition_by_item: tuple[RecognitionRow, ...]
     retest_reasons: tuple[ReasonCount, ...]
     failed_checks: tuple[FailedCheck, ...]
+    qc_lapsing: tuple[QcLapseGroup, ...]  # soonest first
+    qc_warning_days: int
     # Regulators see statistics; operators also see endpoint health details (never patient
     # data either way).
     show_facility_details: bool
@@ -208,6 +221,21 @@ _ZH: Final[dict[str, str]] = {
     "col_report": "报告",
     "report": "查看报告",
     "no_checks": "✓ 近期没有未通过的一致性检查。",
+    "qc": "质控到期提醒",
+    "qc_note": (
+        "{days} 天内质控合格期满的机构：期满后其新出的结果不再标注 HR、不再互认，"
+        "直至发布下一期质控结果。"
+    ),
+    "col_kind": "类别",
+    "col_until": "合格至",
+    "col_days_left": "剩余天数",
+    "col_facilities": "机构",
+    "kind_lab": "检验（室间质评）",
+    "kind_imaging": "影像（质控）",
+    "facilities_n": "{n} 家",
+    "no_qc": "✓ {days} 天内没有质控合格期满的机构。",
+    "stat_qc": "质控即将期满",
+    "qc_first": "最早 {day}",
 }
 
 _EN: Final[dict[str, str]] = {
@@ -304,6 +332,21 @@ _EN: Final[dict[str, str]] = {
     "col_report": "Report",
     "report": "Read the report",
     "no_checks": "✓ No failed conformance checks recently.",
+    "qc": "Quality control ending",
+    "qc_note": (
+        "Facilities whose quality-control passes end within {days} days: results they produce "
+        "afterwards lose the HR mark and are not recognised until the next passes are published."
+    ),
+    "col_kind": "Kind",
+    "col_until": "Passes until",
+    "col_days_left": "Days left",
+    "col_facilities": "Facilities",
+    "kind_lab": "Lab (EQA)",
+    "kind_imaging": "Imaging QC",
+    "facilities_n": "{n} facilities",
+    "no_qc": "✓ No quality-control passes end within {days} days.",
+    "stat_qc": "QC ending soon",
+    "qc_first": "first {day}",
 }
 
 _TEXT: Final[dict[Lang, dict[str, str]]] = {"zh": _ZH, "en": _EN}
@@ -527,6 +570,7 @@ def _headline(lang: Lang, view: ConsoleView) -> str:
         )
         + _stat("stat-lookups", _t(lang, "stat_lookups"), _num(view.lookups_total), per_day)
         + _stat("stat-recognition", _t(lang, "stat_recognition"), _pct(rate), rate_sub)
+        + _qc_stat(lang, view)
         + "</div>\n"
     )
 
@@ -957,7 +1001,53 @@ def _recognition(lang: Lang, view: ConsoleView) -> str:
             lang, "recognition-by-item", "by_item", "col_item", view.recognition_by_item
         )
         + _reasons(lang, view.retest_reasons)
-        + "</div>\n</section>\n"
+        + "</div>\n"
+        + _qc_lapsing(lang, view)
+        + "</section>\n"
+    )
+
+
+def _qc_stat(lang: Lang, view: ConsoleView) -> str:
+    facilities = {fid for g in view.qc_lapsing for fid, _ in g.facilities}
+    first = _t(lang, "qc_first", day=view.qc_lapsing[0].covered_until) if facilities else ""
+    return _stat(
+        "stat-qc", _t(lang, "stat_qc"), _num(len(facilities)), first, warn=bool(facilities)
+    )
+
+
+def _qc_lapsing(lang: Lang, view: ConsoleView) -> str:
+    """Quality-control passes about to end, by day and kind: the catalogue is published a year
+    at a time, and an unnoticed end silently takes the HR mark off a facility's results."""
+    head = (
+        f'<div id="qc-lapsing">\n<h3>{_t(lang, "qc")}</h3>\n'
+        f'<p class="note">{_t(lang, "qc_note", days=view.qc_warning_days)}</p>\n'
+    )
+    if not view.qc_lapsing:
+        calm = (
+            f'<p class="empty calm" id="qc-none">{_t(lang, "no_qc", days=view.qc_warning_days)}</p>'
+        )
+        return head + calm + "\n</div>\n"
+    rows = []
+    for g in view.qc_lapsing:
+        names = "".join(
+            f'<span class="probe" title="{_attr(name)}">{escape(fid)}</span>'
+            for fid, name in g.facilities
+        )
+        rows.append(
+            f'<tr class="qc-lapse" data-kind="{_attr(g.kind)}">'
+            f"<td>{_t(lang, 'kind_' + g.kind)}</td>"
+            f'<td class="when">{escape(g.covered_until)}</td><td class="num">{g.days_left}</td>'
+            f"<td><details><summary>{_t(lang, 'facilities_n', n=len(g.facilities))}</summary>"
+            f"{names}</details></td></tr>\n"
+        )
+    th = "".join(
+        f'<th scope="col">{_t(lang, k)}</th>'
+        for k in ("col_kind", "col_until", "col_days_left", "col_facilities")
+    )
+    return (
+        head
+        + f'<div class="table-wrap"><table id="qc-table">\n<thead><tr>{th}</tr></thead>\n'
+        + f"<tbody>\n{''.join(rows)}</tbody>\n</table></div>\n</div>\n"
     )
 
 

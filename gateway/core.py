@@ -8,11 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from typing import get_args
 
 import aiohttp
 
 from adapters.archive import Archive
 
+from . import metrics
 from .access import Policy
 from .audit import AuditTrail, audit_lookup
 from .cache import Cache, MemoryCache, open_cache
@@ -26,8 +29,8 @@ from .lab_codes import DEFAULT_PATH, LabCodeMap
 from .lookup_stats import BufferedCounters, LookupCounters, rebuild
 from .rate_limit import RateLimiter
 from .readiness import Prober
-from .recognition import Recognition
-from .recognition_catalogue import load_catalogue
+from .recognition import Recognition, city_today
+from .recognition_catalogue import MAX_VALIDITY_DAYS, Kind, load_catalogue
 from .recognition_decisions import recognition_decision  # noqa: F401  (its table is created)
 from .registry import Registry, load_registry
 from .shares import Shares, share_secret
@@ -114,6 +117,7 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
     lookups = BufferedCounters(counters)
     audit = AuditTrail(store, lookups, enabled=settings.audit)
     recognition = Recognition(catalogue, registry)
+    _watch_quality_control(recognition, settings.qc_warning_days)
     facilities = FacilityAdmin(store, cache, registry, upstreams, recognition, Vault(secret))
     await facilities.load()
     core = Core(
@@ -174,3 +178,33 @@ async def open_core(settings: Settings, *, probe: bool = True) -> AsyncIterator[
         await cache.close()
         await store.close()
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _watch_quality_control(recognition: Recognition, within_days: int) -> None:
+    """Warn, in the log now and in the metrics on every scrape, of quality-control passes about
+    to end: the catalogue is the region's yearly publication, and a facility whose passes lapse
+    loses the HR mark on every result it produces from the next day."""
+    soon = recognition.lapsing(city_today(), within_days)
+    if soon:
+        first = soon[0]
+        log.warning(
+            "catalogue %s: quality control of %d facilities ends within %d days (first %s, %s);"
+            " publish the next passes",
+            recognition.version,
+            len({x.facility for x in soon}),
+            within_days,
+            first.covered_until.isoformat(),
+            first.facility,
+        )
+
+    def lapsing_count(kind: Kind) -> float:
+        today = city_today()
+        return sum(1 for x in recognition.lapsing(today, within_days) if x.kind == kind)
+
+    def days_left(kind: Kind) -> float:
+        covered = recognition.lapsing(city_today(), MAX_VALIDITY_DAYS)
+        return min((x.days_left for x in covered if x.kind == kind), default=float("nan"))
+
+    for kind in get_args(Kind):
+        metrics.QC_LAPSING.labels(kind).set_function(partial(lapsing_count, kind))
+        metrics.QC_DAYS_LEFT.labels(kind).set_function(partial(days_left, kind))

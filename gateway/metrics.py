@@ -38,6 +38,18 @@ BREAKER_OPEN = Gauge(
     ["facility"],
     registry=REGISTRY,
 )
+QC_LAPSING = Gauge(
+    "huren_recognition_qc_lapsing",
+    "Facilities whose quality control of a kind covers today and ends within qc_warning_days",
+    ["kind"],
+    registry=REGISTRY,
+)
+QC_DAYS_LEFT = Gauge(
+    "huren_recognition_qc_days_left",
+    "Days until the soonest end of a facility's quality control of a kind that covers today",
+    ["kind"],
+    registry=REGISTRY,
+)
 FACILITY_REACHABLE = Gauge(
     "huren_facility_reachable",
     "1 when the last readiness probe reached the facility",

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from .audit import CITY_TZ
 from .lab_codes import LOINC_SYSTEM
-from .recognition_catalogue import MARK, Catalogue, Item, Kind
+from .recognition_catalogue import MARK, Catalogue, Item, Kind, QcLapse, qc_lapsing
 from .registry import Registry
 
 _FINAL: Final = frozenset({"final", "amended", "corrected", "appended", "available"})
@@ -115,6 +115,10 @@ class Recognition:
     @property
     def version(self) -> str:
         return self.catalogue.version
+
+    def lapsing(self, on: date, within_days: int) -> list[QcLapse]:
+        """Facilities whose quality control covers ``on`` and ends within ``within_days``."""
+        return qc_lapsing(self.catalogue, on, within_days)
 
     def item_for(self, facts: Facts) -> Item | None:
         if facts.kind == "lab":

@@ -104,6 +104,45 @@ class Catalogue:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class QcLapse:
+    """A facility whose quality control of a kind covers today but ends soon: results it
+    produces after ``covered_until`` lose the mark until the region publishes new passes."""
+
+    facility: str
+    kind: Kind
+    covered_until: date
+    days_left: int
+
+
+def qc_lapsing(catalogue: Catalogue, on: date, within_days: int) -> list[QcLapse]:
+    """The facilities whose quality control (of any of a kind's items) covers ``on`` and stops
+    within ``within_days`` days, soonest first. Passes that follow one another without a gap
+    count as one stretch, so a facility whose next year's pass is already published is not
+    listed."""
+    periods: dict[tuple[str, Kind], list[tuple[date, date]]] = {}
+    for q in catalogue.quality_control:
+        periods.setdefault((q.facility, q.kind), []).append((q.passed, q.valid_until))
+    lapses = []
+    for (facility, kind), spans in periods.items():
+        end = _covered_until(spans, on)
+        if end is not None and (end - on).days < within_days:
+            lapses.append(QcLapse(facility, kind, end, (end - on).days))
+    return sorted(lapses, key=lambda x: (x.covered_until, x.kind, x.facility))
+
+
+def _covered_until(spans: list[tuple[date, date]], on: date) -> date | None:
+    """The last day of the unbroken stretch of ``spans`` that holds ``on`` (None: none does)."""
+    end: date | None = None
+    for start, until in sorted(spans):
+        if end is None:
+            if start <= on <= until:
+                end = until
+        elif start.toordinal() <= end.toordinal() + 1:
+            end = max(end, until)
+    return end
+
+
 _IMAGING: dict[int, tuple[Catalogue, Mapping[tuple[str, str], Item]]] = {}
 
 

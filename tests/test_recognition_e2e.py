@@ -491,6 +491,37 @@ async def test_who_may_decide_and_who_reads_the_statistics(scene: Scene) -> None
     assert stats["catalogue"]
 
 
+async def test_quality_control_about_to_end_is_warned_of(city: City, tmp_path: Path) -> None:
+    """A facility whose imaging QC ends in ten days (the others a year on): the statistics,
+    the console and the metrics name it, and only it, with the days left."""
+    path = _catalogue_for_today(tmp_path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    soon = (datetime.now(CITY_TZ).date() + timedelta(days=10)).isoformat()
+    ending = [q for q in data["quality_control"] if q["facility"] == CT_AT]
+    for q in ending:
+        if q["kind"] == "imaging":
+            q["valid_until"] = max(q["passed"], soon)
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    async with open_gateway(city, recognition_catalogue_path=path) as (client, _):
+        regulator = bearer(city.data_dir, "regulator", subject="wjw")
+        stats = await (await client.get("/admin/stats/recognition", headers=regulator)).json()
+        assert stats["quality_control_lapsing"] == [
+            {"facility": CT_AT, "kind": "imaging", "covered_until": soon, "days_left": 10}
+        ]
+        other = {"facility": "F001"}
+        stats = await (
+            await client.get("/admin/stats/recognition", params=other, headers=regulator)
+        ).json()
+        assert stats["quality_control_lapsing"] == []
+        page = await (await client.get("/admin", params={"lang": "en"}, headers=regulator)).text()
+        assert 'id="stat-qc">1<' in page and f"first {soon}" in page
+        assert '<span class="probe" title="' in page and f">{CT_AT}</span>" in page
+        metrics = await (await client.get("/metrics")).text()
+        assert 'huren_recognition_qc_lapsing{kind="imaging"} 1.0' in metrics
+        assert 'huren_recognition_qc_lapsing{kind="lab"} 0.0' in metrics
+        assert 'huren_recognition_qc_days_left{kind="imaging"} 10.0' in metrics
+
+
 async def test_conformance_resources_are_public_and_valid(scene: Scene) -> None:
     """The ValueSet of re-test reasons and the verdict's StructureDefinition are read without
     a token, as the CapabilityStatement that names them."""

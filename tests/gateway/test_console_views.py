@@ -29,6 +29,7 @@ from gateway.console_views import (
     FailedCheck,
     Lang,
     PairCount,
+    QcLapseGroup,
     ReasonCount,
     RecognitionRow,
     console_page,
@@ -120,6 +121,13 @@ def full_view(*, details: bool = True) -> ConsoleView:
         recognition_by_item=items,
         retest_reasons=reasons,
         failed_checks=checks,
+        qc_lapsing=(
+            QcLapseGroup(
+                "lab", "2026-12-31", 36, tuple((f"F{k:03d}", f"医院{k}") for k in range(27))
+            ),
+            QcLapseGroup("imaging", "2026-12-31", 36, tuple((f.id, f.name) for f in facilities)),
+        ),
+        qc_warning_days=60,
         show_facility_details=details,
     )
 
@@ -153,6 +161,11 @@ def small_view() -> ConsoleView:
             ReasonCount("R02", "过期", 7, True),
         ),
         failed_checks=(FailedCheck("F012", "2026-11-25 03:00", ("capability",), "/admin/c/1"),),
+        qc_lapsing=(
+            QcLapseGroup("imaging", "2026-12-01", 6, (("F047", "市第47人民医院"),)),
+            QcLapseGroup("lab", "2026-12-31", 36, (("F003", "市第3人民医院"), ("F012", "市第12"))),
+        ),
+        qc_warning_days=45,
         show_facility_details=True,
     )
 
@@ -169,6 +182,8 @@ def empty_view(*, details: bool = True) -> ConsoleView:
         recognition_by_item=(),
         retest_reasons=(),
         failed_checks=(),
+        qc_lapsing=(),
+        qc_warning_days=60,
         show_facility_details=details,
     )
 
@@ -191,6 +206,8 @@ def evil_view() -> ConsoleView:
             FailedCheck("F1", "now", ("p",), "https://elsewhere.example/r"),
             FailedCheck("F1", "now", ("p",), "//elsewhere.example/r"),
         ),
+        qc_lapsing=(QcLapseGroup("lab", EVIL, 1, ((EVIL, EVIL),)),),
+        qc_warning_days=60,
         show_facility_details=True,
     )
 
@@ -458,6 +475,26 @@ def test_recognition_and_reasons() -> None:
     assert not select(reasons[0], ".tag")
 
 
+def test_quality_control_ending_soon_is_a_warning() -> None:
+    """Facilities whose QC passes end within the window: counted once in the headline (with
+    the first day), and listed by day and kind with their names."""
+    en = parse(console_page("en", small_view()))
+    stat = one(en, "#stat-qc")
+    assert stat.text == "3first 2026-12-01"  # F047, F003, F012
+    assert any("warn" in dl.classes for dl in select(en, "dl.stat") if select(dl, "#stat-qc"))
+    rows = select(en, "#qc-table tr.qc-lapse")
+    assert [r.attrs["data-kind"] for r in rows] == ["imaging", "lab"]
+    cells = [[c.text for c in select(r, "td")][:3] for r in rows]
+    assert cells == [["Imaging QC", "2026-12-01", "6"], ["Lab (EQA)", "2026-12-31", "36"]]
+    assert one(rows[1], "summary").text == "2 facilities"
+    assert [p.text for p in select(rows[1], ".probe")] == ["F003", "F012"]
+    assert select(rows[1], ".probe")[0].attrs["title"] == "市第3人民医院"
+    assert "45 days" in one(en, "#qc-lapsing p.note").text
+    zh = parse(console_page("zh", small_view()))
+    assert one(select(zh, "#qc-table tr.qc-lapse")[0], "summary").text == "1 家"
+    assert not select(zh, "#qc-none")
+
+
 def test_failed_checks_link_to_their_reports() -> None:
     zh = parse(console_page("zh", small_view()))
     row = one(zh, "#checks-table tr.check")
@@ -493,8 +530,9 @@ def test_an_empty_view_renders_calm_empty_states(lang: Lang, details: bool) -> N
     assert not select(root, "svg")
     for sid in ("facilities", "lookups", "heatmap-section"):
         assert len(select(root, f"#{sid} p.empty")) == 1, sid
-    assert len(select(root, "#recognition p.empty")) == 3
-    assert select(root, "#checks-none")
+    assert len(select(root, "#recognition p.empty")) == 4  # by holder, item, reason; QC ends
+    assert select(root, "#checks-none") and select(root, "#qc-none")
+    assert one(root, "#stat-qc").text == "0" and "warn" not in one(root, "#stat-qc").classes
     assert one(root, "#stat-recognition").text.startswith("–")
     assert one(root, "#stat-lookups").text == "0"
     # Days without a single look-up are an empty state too, not a flat chart.

@@ -34,9 +34,12 @@ from gateway.recognition_catalogue import (
     MARK,
     RULES,
     Catalogue,
+    Kind,
+    QualityControl,
     load_catalogue,
     loinc_check_digit_ok,
     parse_catalogue,
+    qc_lapsing,
 )
 from gateway.registry import LEVELS, load_registry
 
@@ -570,6 +573,93 @@ def test_every_verdict_names_its_catalogue_version(scenario: tuple[World, list[C
 
 
 # -- B. examples ------------------------------------------------------------------------------
+
+
+# -- quality control about to end ------------------------------------------------------------
+
+
+_KINDS: dict[str, Kind] = {"lab": "lab", "imaging": "imaging"}
+
+
+def _qc_only(spans: list[tuple[str, str, int, int]]) -> Catalogue:
+    """A catalogue of quality-control entries only: (facility, kind, first day, last day) as
+    day offsets from BASE."""
+    return Catalogue(
+        version="t",
+        region="r",
+        published=BASE,
+        tiers=(),
+        scopes={},
+        items={},
+        quality_control=tuple(
+            QualityControl(fid, _KINDS[kind], None, "p", BASE + timedelta(a), BASE + timedelta(b))
+            for fid, kind, a, b in spans
+        ),
+    )
+
+
+def _oracle_lapses(
+    spans: list[tuple[str, str, int, int]], on: int, within: int
+) -> dict[tuple[str, str], int]:
+    """Day by day: a facility's kind is covered on a day when some span holds it; it is listed
+    when ``on`` is covered and the unbroken run of covered days from ``on`` ends within."""
+    out = {}
+    for key in {(fid, kind) for fid, kind, _, _ in spans}:
+        covered = {d for fid, kind, a, b in spans if (fid, kind) == key for d in range(a, b + 1)}
+        if on not in covered:
+            continue
+        last = on
+        while last + 1 in covered:
+            last += 1
+        if last - on < within:
+            out[key] = last
+    return out
+
+
+_SPANS = st.lists(
+    st.tuples(
+        st.sampled_from(("F001", "F002", "F003")),
+        st.sampled_from(("lab", "imaging")),
+        st.integers(0, 60),
+        st.integers(0, 30),
+    ).map(lambda t: (t[0], t[1], t[2], t[2] + t[3])),
+    max_size=8,
+)
+
+
+@PROPERTY_SETTINGS
+@given(spans=_SPANS, on=st.integers(0, 90), within=st.integers(0, 60))
+def test_qc_lapsing_lists_exactly_the_runs_that_end_within_the_window(
+    spans: list[tuple[str, str, int, int]], on: int, within: int
+) -> None:
+    got = qc_lapsing(_qc_only(spans), BASE + timedelta(on), within)
+    assert {(x.facility, x.kind): (x.covered_until - BASE).days for x in got} == _oracle_lapses(
+        spans, on, within
+    )
+    assert all(x.days_left == (x.covered_until - BASE).days - on for x in got)
+    assert [x.covered_until for x in got] == sorted(x.covered_until for x in got)
+
+
+def test_next_years_pass_already_published_is_not_a_lapse() -> None:
+    year = [("F001", "lab", 0, 364), ("F002", "lab", 0, 364), ("F002", "lab", 365, 729)]
+    got = qc_lapsing(_qc_only(year), BASE + timedelta(330), 60)
+    assert [(x.facility, x.days_left) for x in got] == [("F001", 34)]
+    # A gap of a day between passes is a lapse: results of that day carry no mark.
+    gap = [("F001", "lab", 0, 364), ("F001", "lab", 366, 729)]
+    assert [x.days_left for x in qc_lapsing(_qc_only(gap), BASE + timedelta(330), 60)] == [34]
+
+
+def test_the_shipped_catalogues_passes_end_with_the_year() -> None:
+    """The shipped catalogue's passes run to the end of 2026: in late November every facility
+    it covers is listed (F039 never passed imaging QC; F031 and F047 lapsed, so not covered)."""
+    catalogue = load_catalogue(None, REGISTRY)
+    got = qc_lapsing(catalogue, date(2026, 11, 25), 60)
+    assert {x.covered_until for x in got} == {date(2026, 12, 31)}
+    assert {x.days_left for x in got} == {36}
+    imaging = {x.facility for x in got if x.kind == "imaging"}
+    assert imaging and not imaging & {"F039", "F031", "F047"}
+    assert {x.facility for x in got if x.kind == "lab"} == {f"F{k:03d}" for k in range(1, 28)}
+    assert qc_lapsing(catalogue, date(2026, 11, 25), 30) == []
 
 
 def test_the_shipped_catalogue_loads_against_the_shipped_registry() -> None:
