@@ -21,7 +21,6 @@ from adapters.types import DicomWebEndpoint, DimseEndpoint, FhirEndpoint, Hl7v2F
 from . import console_views as views
 from .audit import CITY_TZ
 from .guard import access_of
-from .metrics import REGISTRY
 from .recognition import city_today
 from .recognition_decisions import statistics as decision_statistics
 from .web import CORE
@@ -125,11 +124,11 @@ def _qc_groups(request: web.Request, lang: views.Lang) -> list[views.QcLapseGrou
 
 def _facility_rows(request: web.Request, lang: views.Lang) -> list[views.FacilityRow]:
     core = request.app[CORE]
-    calls, failures = _upstream_calls()
+    recent = core.federation.recent.counts()
     rows = []
     for f in core.registry:
         reach = core.prober.state.get(f.id)
-        total = calls.get(f.id, 0)
+        calls, failures = recent.get(f.id, (0, 0))
         rows.append(
             views.FacilityRow(
                 id=f.id,
@@ -141,30 +140,11 @@ def _facility_rows(request: web.Request, lang: views.Lang) -> list[views.Facilit
                 lab=_lab_kind(f.lab),
                 reachable=reach.reachable if reach else None,
                 latency_ms=round(reach.latency_ms, 1) if reach else None,
-                error_rate=failures.get(f.id, 0) / total if total else None,
+                error_rate=failures / calls if calls else None,
                 breaker=core.federation.breaker(f.id).state.value.replace("_", "-"),
             )
         )
     return rows
-
-
-def _upstream_calls() -> tuple[dict[str, int], dict[str, int]]:
-    """Calls to each facility since the process started, and how many did not succeed."""
-    calls: dict[str, int] = defaultdict(int)
-    failures: dict[str, int] = defaultdict(int)
-    for metric in REGISTRY.collect():
-        if metric.name != "huren_upstream_calls":
-            continue
-        for sample in metric.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            fid, outcome = sample.labels["facility"], sample.labels["outcome"]
-            if outcome == "skipped":
-                continue
-            calls[fid] += int(sample.value)
-            if outcome != "ok":
-                failures[fid] += int(sample.value)
-    return calls, failures
 
 
 def _days(rows: list[dict[str, Any]], start: date, end: date) -> list[views.DayCount]:

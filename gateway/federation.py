@@ -20,6 +20,7 @@ from adapters.errors import UpstreamError
 
 from .breaker import BreakerState, CircuitBreaker
 from .metrics import UPSTREAM_CALLS, UPSTREAM_SECONDS, set_breaker_state
+from .recent_calls import RecentCalls
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class Federation:
         self.policy = policy or FederationPolicy()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._slots = asyncio.Semaphore(self.policy.concurrency)
+        #: Calls and failures of the last minutes, by facility (the console's error rates).
+        self.recent = RecentCalls()
 
     def breaker(self, facility_id: str) -> CircuitBreaker:
         b = self._breakers.get(facility_id)
@@ -150,6 +153,7 @@ class Federation:
         else:
             breaker.record_failure()
         set_breaker_state(fid, breaker.state.value)
+        self.recent.record(fid, status is OutcomeStatus.OK)
         UPSTREAM_CALLS.labels(fid, operation, status.value).inc()
         UPSTREAM_SECONDS.labels(operation).observe(elapsed)
         result.outcomes[fid] = Outcome(fid, status, elapsed * 1000, detail, len(items))

@@ -130,6 +130,29 @@ async def test_partial_failure_sets_warning_header(client: Client, city: City) -
     assert all(ds["00111001"]["Value"][0] != down for ds in await resp.json())
 
 
+async def test_the_console_shows_recent_error_rates(client: Client, city: City) -> None:
+    """After a facility failed two searches of three, the console's facility table shows it
+    at 67% (flagged), one that answered at 0%, and one never called as no rate at all."""
+    down, fine, quiet = "F001", "F002", "F003"
+    for mode in ("down", "down", "ok"):
+        city.fault(down, mode)
+        assert (await client.get(f"/facilities/{down}/dicomweb/studies")).status in (200, 502)
+    assert (await client.get(f"/facilities/{fine}/dicomweb/studies")).status == 200
+    admin = bearer(city.data_dir, "admin", subject="ops")
+    page = await (await client.get("/admin", params={"lang": "en"}, headers=admin)).text()
+
+    def errors(fid: str) -> str:
+        """The error-rate cell of the facility's row: the one after the latency."""
+        row = page[page.index(f'<td class="id">{fid}</td>') :]
+        cells = row[: row.index("</tr>")].split("<td")
+        latency = next(i for i, c in enumerate(cells) if c.endswith(" ms</td>") or "–" in c)
+        return cells[latency + 1]
+
+    assert "errors-high" in errors(down) and ">66.7%<" in errors(down)
+    assert ">0.0%<" in errors(fine) and "errors-high" not in errors(fine)
+    assert ">–<" in errors(quiet)
+
+
 async def test_dicomweb_client_searches_through_the_gateway(client: Client, city: City) -> None:
     """dicomweb-client (an independent client) runs QIDO studies search through the gateway."""
     url = str(client.make_url("/dicomweb"))
