@@ -926,21 +926,31 @@ def _rate_bar(rate: float | None) -> str:
     return _bar("fill" if rate >= 0.9 else "fill mid" if rate >= 0.7 else "fill low", rate)
 
 
+def _table(lang: Lang, tid: str, columns: Iterable[str], rows: Iterable[str]) -> str:
+    """A scrollable table: a header cell per column key ("" for a blank one; "#key" for a
+    numeric, right-aligned one) and the rows as given."""
+    heads = []
+    for key in columns:
+        if not key:
+            heads.append('<th scope="col"></th>')
+        elif key.startswith("#"):
+            heads.append(f'<th scope="col" class="num">{_t(lang, key[1:])}</th>')
+        else:
+            heads.append(f'<th scope="col">{_t(lang, key)}</th>')
+    return (
+        f'<div class="table-wrap"><table id="{tid}">\n<thead><tr>{"".join(heads)}</tr></thead>\n'
+        f"<tbody>\n{''.join(rows)}</tbody>\n</table></div>\n"
+    )
+
+
 def _recognition_table(
     lang: Lang, tid: str, title: str, key_col: str, rows: tuple[RecognitionRow, ...]
 ) -> str:
     head = f'<div class="part">\n<h3>{_t(lang, title)}</h3>\n'
     if not rows:
         return head + f'<p class="empty">{_t(lang, "no_recognition")}</p>\n</div>\n'
-    th = (
-        f'<th scope="col">{_t(lang, key_col)}</th>'
-        + "".join(
-            f'<th scope="col" class="num">{_t(lang, c)}</th>'
-            for c in ("col_decisions", "col_accepted", "col_retests", "col_rate")
-        )
-        + '<th scope="col"></th>'
-    )
-    body = "".join(
+    columns = (key_col, "#col_decisions", "#col_accepted", "#col_retests", "#col_rate", "")
+    body = (
         f'<tr class="rec" data-key="{_attr(r.key)}"><td class="subject">'
         f'<span class="muted">{escape(r.key)}</span> '
         f"{escape(r.label)}</td>"
@@ -949,11 +959,7 @@ def _recognition_table(
         f'<td class="bar-cell">{_rate_bar(r.rate)}</td></tr>\n'
         for r in rows
     )
-    return (
-        head
-        + f'<div class="table-wrap"><table id="{tid}">\n<thead><tr>{th}</tr></thead>\n'
-        + f"<tbody>\n{body}</tbody>\n</table></div>\n</div>\n"
-    )
+    return head + _table(lang, tid, columns, body) + "</div>\n"
 
 
 def _reasons(lang: Lang, reasons: tuple[ReasonCount, ...]) -> str:
@@ -974,20 +980,13 @@ def _reasons(lang: Lang, reasons: tuple[ReasonCount, ...]) -> str:
             f'<td class="num">{_num(r.count)}</td>'
             f'<td class="bar-cell">{_bar(css, max(r.count, 0) / top)}</td></tr>\n'
         )
-    th = (
-        f'<th scope="col">{_t(lang, "col_reason")}</th>'
-        f'<th scope="col" class="num">{_t(lang, "col_count")}</th><th scope="col"></th>'
-    )
     legend = (
         f'<p class="note">{_t(lang, "not_counted_legend")}</p>\n'
         if any(not r.counts_against for r in ordered)
         else ""
     )
-    return (
-        head
-        + f'<div class="table-wrap"><table id="retest-reasons">\n<thead><tr>{th}</tr></thead>\n'
-        + f"<tbody>\n{''.join(rows)}</tbody>\n</table></div>\n{legend}</div>\n"
-    )
+    table = _table(lang, "retest-reasons", ("col_reason", "#col_count", ""), rows)
+    return head + table + legend + "</div>\n"
 
 
 def _recognition(lang: Lang, view: ConsoleView) -> str:
@@ -1040,15 +1039,8 @@ def _qc_lapsing(lang: Lang, view: ConsoleView) -> str:
             f"<td><details><summary>{_t(lang, 'facilities_n', n=len(g.facilities))}</summary>"
             f"{names}</details></td></tr>\n"
         )
-    th = "".join(
-        f'<th scope="col">{_t(lang, k)}</th>'
-        for k in ("col_kind", "col_until", "col_days_left", "col_facilities")
-    )
-    return (
-        head
-        + f'<div class="table-wrap"><table id="qc-table">\n<thead><tr>{th}</tr></thead>\n'
-        + f"<tbody>\n{''.join(rows)}</tbody>\n</table></div>\n</div>\n"
-    )
+    columns = ("col_kind", "col_until", "#col_days_left", "col_facilities")
+    return head + _table(lang, "qc-table", columns, rows) + "</div>\n"
 
 
 # --- Conformance checks ---------------------------------------------------------------------
@@ -1074,15 +1066,8 @@ def _checks(lang: Lang, view: ConsoleView) -> str:
             f'<tr class="check" data-facility="{_attr(c.facility)}"><td>{who}</td>'
             f'<td class="when">{escape(c.when)}</td><td>{probes}</td><td>{link}</td></tr>\n'
         )
-    th = "".join(
-        f'<th scope="col">{_t(lang, k)}</th>'
-        for k in ("col_facility", "col_when", "col_failed", "col_report")
-    )
-    return (
-        head
-        + f'<div class="table-wrap"><table id="checks-table">\n<thead><tr>{th}</tr></thead>\n'
-        + f"<tbody>\n{''.join(rows)}</tbody>\n</table></div>\n</section>\n"
-    )
+    columns = ("col_facility", "col_when", "col_failed", "col_report")
+    return head + _table(lang, "checks-table", columns, rows) + "</section>\n"
 
 
 # --- The page -------------------------------------------------------------------------------

@@ -8,14 +8,7 @@ import time
 from adapters.errors import UpstreamProtocolError, UpstreamUnavailable
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.federation import Federation, FederationPolicy, OutcomeStatus
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import Clock
 
 
 def test_breaker_opens_after_threshold_and_half_opens_after_reset() -> None:

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from gateway.recent_calls import BUCKET_SECONDS, RecentCalls
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import Clock
 
 
 def test_counts_calls_and_failures_by_facility() -> None:
