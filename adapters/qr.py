@@ -11,7 +11,9 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import StoragePresentationContexts
 from pynetdicom.dsutils import decode
@@ -94,10 +96,45 @@ def answer_for(record: dict[str, Any], query: Dataset) -> Dataset:
     out.SpecificCharacterSet = "ISO_IR 192"
     out.QueryRetrieveLevel = query.QueryRetrieveLevel
     for element in query:
+        if element.tag.is_private:
+            answer = _private_answer(element, full, query)
+            if answer is not None:
+                out[element.tag] = answer
+            continue
         if not element.keyword or element.keyword in SKIP:
             continue
         out[element.tag] = full[element.tag] if element.tag in full else element
     return out
+
+
+def _private_answer(element: DataElement, full: Dataset, query: Dataset) -> DataElement | None:
+    """A private key's answer. A private tag means nothing without its block's creator, and
+    a query may reserve a block number the record uses for another creator (PS3.5 7.8.1): a
+    data element is answered from the record only when both name the same creator there,
+    else with no value. The creator itself is echoed: it is how the caller reads the block.
+    Tags outside creators and blocks (group lengths, (gggg,0001-000F)) are not keys."""
+    tag = element.tag
+    if tag.is_private_creator:
+        return element
+    if tag.element < 0x1000:
+        return None
+    creator = Tag(tag.group, tag.element >> 8)
+    asked = private_text(query.get(creator))
+    if asked is not None and asked == private_text(full.get(creator)) and tag in full:
+        found: DataElement = full[tag]
+        return found
+    return DataElement(tag, element.VR, None)
+
+
+def private_text(element: DataElement | None) -> str | None:
+    """A private creator's value, however it came: LO text, or the raw bytes of an element
+    read as UN (an explicit VR peer that did not say LO)."""
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip(" \x00") or None
 
 
 PATIENT_TAGS = frozenset(f"{pydicom.datadict.tag_for_keyword(k):08X}" for k in PATIENT_KEYWORDS)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
-from typing import Any, Final
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -13,27 +12,19 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from gateway.federation import FederatedResult, OutcomeStatus
 from gateway.guard import access_of
 from gateway.identity import is_national_id, resolve_person
-from gateway.recognition import Recognition, Verdict, city_today, facts_of_study
 from gateway.registry import Registry
 from gateway.web import CORE
 
 from .errors import dicom_error
+from .verdict_elements import asker_of, holder_elements, judge_studies
 
 DICOM_JSON = "application/dicom+json"
 #: Largest page one QIDO request may ask for; a federated search is not a bulk export.
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 200
 _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
-# Private block naming the facility that holds a result and the study's recognition verdict
-# (互认); viewers ignore private elements they do not know, safely (PS3.5 7.8).
-PRIVATE_CREATOR = "HUREN"
-_CREATOR_TAG, _FACILITY_TAG = "00110010", "00111001"
-#: (0011,1002) CS "HR" when the study carries the mark; (0011,1003) CS YES/NO recognised by the
-#: asking facility today; (0011,1004) LO catalogue version; (0011,1005) LO catalogue item;
-#: (0011,1006) LO reasons (multi-valued: the recognition-reason codes); (0011,1007) DA the last
-#: day the images count.
-MARK_TAG, RECOGNISED_TAG, CATALOGUE_TAG = "00111002", "00111003", "00111004"
-ITEM_TAG, REASONS_TAG, VALID_UNTIL_TAG = "00111005", "00111006", "00111007"
+# The private block (holder and recognition verdict, 互认) is dicom/verdict_elements.py's,
+# shared with the DIMSE face.
 
 
 def parse_match(query: Any) -> tuple[dict[str, str], int, int]:
@@ -104,14 +95,8 @@ async def search_studies(request: web.Request) -> web.Response:
     verdicts: list[dict[str, Any]] = [{} for _ in page]
     # A patient's studies are judged (what a clinician looks at before ordering); a city-wide
     # listing is not: it would ask every listed study's facility for the study's series.
-    if core.settings.verdicts and person is not None:
-        asker = access.principal.facility_id if access.principal else None
-        series = await core.imaging.series_of_studies(page)
-        on = city_today()
-        verdicts = [
-            _judged(core.recognition, fid, ds, _parts(listed), asker, on)
-            for (fid, ds), listed in zip(page, series, strict=True)
-        ]
+    if person is not None:
+        verdicts = await judge_studies(core, page, asker_of(access))
     datasets = [
         annotate(ds, fid, core.registry, base, extra)
         for (fid, ds), extra in zip(page, verdicts, strict=True)
@@ -151,57 +136,9 @@ def annotate(
     out["00081190"] = {"vr": "UR", "Value": [url]}
     if not out.get("00080080", {}).get("Value"):
         out["00080080"] = {"vr": "LO", "Value": [registry[fid].name_zh]}
-    out[_CREATOR_TAG] = {"vr": "LO", "Value": [PRIVATE_CREATOR]}
-    out[_FACILITY_TAG] = {"vr": "LO", "Value": [fid]}
+    out.update(holder_elements(fid))
     out.update(extra or {})
     return dict(sorted(out.items()))
-
-
-#: Verdict elements by everything a study's verdict depends on: the same studies are looked
-#: up again and again (a ward round), and judging one costs more than finding it here.
-_JUDGED: dict[tuple[Any, ...], dict[str, Any]] = {}
-_JUDGED_KEPT: Final = 50_000
-
-
-def _judged(
-    recognition: Recognition,
-    fid: str,
-    ds: dict[str, Any],
-    parts: list[tuple[str, str]],
-    asker: str | None,
-    on: date,
-) -> dict[str, Any]:
-    key = (recognition.version, id(recognition), fid, _value(ds, "00080020"), *parts, asker, on)
-    found = _JUDGED.get(key)
-    if found is None:
-        if len(_JUDGED) >= _JUDGED_KEPT:
-            _JUDGED.clear()
-        verdict = recognition.verdict(facts_of_study(ds, fid, parts), asker, on)
-        found = _JUDGED[key] = verdict_elements(verdict)
-    return found
-
-
-def verdict_elements(v: Verdict) -> dict[str, Any]:
-    """The verdict as elements of the private block ``annotate`` opens."""
-    out: dict[str, Any] = {
-        RECOGNISED_TAG: {"vr": "CS", "Value": ["YES" if v.recognised else "NO"]},
-        CATALOGUE_TAG: {"vr": "LO", "Value": [v.catalogue]},
-    }
-    if v.mark is not None:
-        out[MARK_TAG] = {"vr": "CS", "Value": [v.mark]}
-    if v.item is not None:
-        out[ITEM_TAG] = {"vr": "LO", "Value": [v.item.id]}
-    if v.reasons:
-        out[REASONS_TAG] = {"vr": "LO", "Value": [str(r) for r in v.reasons]}
-    if v.valid_until is not None:
-        out[VALID_UNTIL_TAG] = {"vr": "DA", "Value": [v.valid_until.strftime("%Y%m%d")]}
-    return out
-
-
-def _parts(series: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(modality, body part) of each series that says both."""
-    found = ((_value(s, "00080060"), _value(s, "00180015")) for s in series)
-    return [(m, b) for m, b in found if m and b]
 
 
 def _value(ds: dict[str, Any], tag: str) -> str:

@@ -3,6 +3,9 @@ each mapped onto the same core as the DICOMweb face (PS3.4 Annexes A, B, C).
 
 - C-FIND at STUDY level (either root) is a federated search across the city; PATIENT level
   groups those matches by patient; SERIES and IMAGE levels ask the study's holder.
+- A STUDY-level C-FIND that reserves the HUREN private block in group 0011 and asks for its
+  elements gets them as QIDO-RS gives them: the holding facility, and the recognition verdict
+  (互认) for the caller's facility when the query names a patient (dicom/verdict_elements.py).
 - C-GET and C-MOVE retrieve through the core from whichever facility holds the study, and
   send each instance on as a C-STORE sub-operation.
 - C-STORE goes into the archive of the facility named by the called AE title (the facility's
@@ -15,6 +18,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from adapters import dimse_codec as codec
 from adapters.dimse import RETRIEVABLE_STORAGE
@@ -29,6 +35,7 @@ from adapters.qr import (
     level_target,
     match_of,
     patients,
+    private_text,
     read_identifier,
     response,
     send_suboperations,
@@ -40,6 +47,16 @@ from gateway.core import Core
 from gateway.errors import Forbidden, GatewayError
 from gateway.identity import resolve_person
 from gateway.tokens import Principal, TokenError
+
+from .verdict_elements import (
+    CREATOR_TAG,
+    PRIVATE_CREATOR,
+    PRIVATE_GROUP,
+    VERDICT_TAGS,
+    asker_of,
+    holder_elements,
+    judge_studies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +196,46 @@ class GatewayScp(QrScp):
                     if await policy.may_read(access, await imaging.person_of(fid, ds), fid)
                 ]
             access.holders.update(fid for fid, _ in result.items)
-            studies = [ds for _, ds in result.items]
-            return patients(studies) if level == "PATIENT" else studies
+            if level == "PATIENT":
+                return patients([ds for _, ds in result.items])
+            return await self._with_private_block(query, result.items, access, person)
         study = match.pop("StudyInstanceUID", None)
         if not study:
             return None  # below STUDY level the study must be named (PS3.4 C.4.1.2.2)
         holder = await self._authorized_holder(access, study)
         if level == "SERIES":
             _, found = await imaging.search_series(holder, study, match, None)
-            return found
+            return [_public(ds) for ds in found]
         if level == "IMAGE":
             series = match.pop("SeriesInstanceUID", None)
             _, found = await imaging.search_instances(holder, study, series, match, None)
-            return found
+            return [_public(ds) for ds in found]
         return None
+
+    async def _with_private_block(
+        self,
+        query: Dataset,
+        studies: list[tuple[str, dict[str, Any]]],
+        access: Access,
+        person: str | None,
+    ) -> list[dict[str, Any]]:
+        """Each study as its facility answered it, less the facility's own private elements
+        (never the gateway's to pass on, and a caller's block could collide with them), plus
+        the HUREN elements the query asks for: the holder, and the recognition verdict when
+        the query names a patient, judged as QIDO-RS judges it (dicom/verdict_elements.py).
+        A caller that asks for none gets no private elements, as before there were any."""
+        reserved = _huren_block(query)
+        if reserved is None:
+            return [_public(ds) for _, ds in studies]
+        block, asked = reserved
+        verdicts: list[dict[str, Any]] = [{} for _ in studies]
+        # Judging asks each study's facility for its series: only for a verdict asked for.
+        if person is not None and asked & _VERDICT_OFFSETS:
+            verdicts = await judge_studies(self.core, studies, asker_of(access))
+        return [
+            {**_public(ds), **_placed({**holder_elements(fid), **verdict}, block, asked)}
+            for (fid, ds), verdict in zip(studies, verdicts, strict=True)
+        ]
 
     async def _named_patient(self, match: Mapping[str, Any]) -> str | None:
         patient_id = str(match.get("PatientID", "") or "")
@@ -306,6 +349,38 @@ async def _stored(instances: AsyncIterator[RetrievedInstance]) -> AsyncIterator[
         if found is None:
             raise UpstreamError("the facility sent an instance that is not whole DICOM")
         yield found
+
+
+#: Element offsets (the low byte) of the verdict in the HUREN block, as the query numbers it.
+_VERDICT_OFFSETS = frozenset(int(tag[-2:], 16) for tag in VERDICT_TAGS)
+
+
+def _huren_block(query: Dataset) -> tuple[int, frozenset[int]] | None:
+    """The block of group 0011 the query reserved for the HUREN creator, and the element
+    offsets it asks for there. The block number is the caller's choice (PS3.5 7.8.1): a
+    caller with its own creators may have put HUREN at (0011,0011) and asked (0011,1103)."""
+    for block in range(0x10, 0x100):
+        if private_text(query.get(Tag(PRIVATE_GROUP, block))) == PRIVATE_CREATOR:
+            first = Tag(PRIVATE_GROUP, block << 8)
+            asked = frozenset(int(t) & 0xFF for t in query.keys() if first <= t <= first + 0xFF)
+            return block, asked
+    return None
+
+
+def _placed(elements: dict[str, Any], block: int, asked: frozenset[int]) -> dict[str, Any]:
+    """The HUREN elements (DICOM JSON, numbered in block 0x10 as QIDO-RS answers them) moved
+    to the query's block: the creator, and those asked for of the rest."""
+    out: dict[str, Any] = {f"{PRIVATE_GROUP:04X}{block:04X}": elements[CREATOR_TAG]}
+    for tag, element in elements.items():
+        offset = int(tag[-2:], 16)
+        if tag != CREATOR_TAG and offset in asked:
+            out[f"{PRIVATE_GROUP:04X}{block:02X}{offset:02X}"] = element
+    return out
+
+
+def _public(ds: dict[str, Any]) -> dict[str, Any]:
+    """A facility's answer without private elements (odd groups)."""
+    return {tag: element for tag, element in ds.items() if not int(tag[:4], 16) % 2}
 
 
 def _comment(exc: BaseException) -> str:
