@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .core import open_core
+from .registry import load_registry
 from .seed_import import import_seed
 from .server import start, wait_for_signal
 from .share_cli import share_lines
@@ -106,6 +107,7 @@ class DemoClinician:
     facility: str
     token: str
     patient: str  # a resident under the facility's care, with records elsewhere too
+    workstation: str  # an AE title of the facility's: the DIMSE SCP takes only those
 
 
 def _demo_clinician(settings: Settings) -> DemoClinician:
@@ -123,7 +125,9 @@ def _demo_clinician(settings: Settings) -> DemoClinician:
         purpose_of_use="TREAT",
         name="演示医生",
     )
-    return DemoClinician(facility, token, resident["national_id"])
+    workstations = load_registry(settings.registry_path)[facility].workstations
+    ae = workstations[0] if workstations else f"{facility}WS"  # registered ones only answer
+    return DemoClinician(facility, token, resident["national_id"], ae)
 
 
 def _print_urls(settings: Settings, seconds: float, doctor: DemoClinician, link: list[str]) -> None:
@@ -156,7 +160,10 @@ Try:  curl -s {base}/readyz | python3 -m json.tool | head
       # before ordering: the resident's priors, each with its recognition (互认) verdict
       curl -s -H "Authorization: Bearer $TOKEN" \
            '{base}/fhir/$recognized-priors?patient={doctor.patient}&_all=true'
-      findscu -S -aec {settings.ae_title} -k QueryRetrieveLevel=STUDY -k StudyInstanceUID \
+      # the same studies over DIMSE, from the clinician's workstation, with their verdicts
+      findscu -S -aet {doctor.workstation} -aec {settings.ae_title} -k QueryRetrieveLevel=STUDY \
+              -k PatientID={doctor.patient} -k StudyInstanceUID -k StudyDate -k ModalitiesInStudy \
+              -k "(0011,0010)=HUREN" -k "(0011,1001)" -k "(0011,1003)" -k "(0011,1006)" \
               {settings.host} {settings.dimse_port}
 
 Ctrl-C stops everything.""",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -203,6 +204,15 @@ def test_huren_demo_comes_up_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None
             studies = json.loads(resp.read())
         # The demo's doctor sees the resident's studies at more than one facility.
         assert len({s["00111001"]["Value"][0] for s in studies}) > 1
+        # The findscu line it prints works as printed: the same studies over DIMSE, each with
+        # its holder and verdict in the HUREN block.
+        command = out[out.index("findscu ") :].split("\n\n", 1)[0].replace("\\\n", " ")
+        found = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+        said = found.stdout + found.stderr
+        assert found.returncode == 0, said
+        holders = set(re.findall(r"\(0011,1001\) LO \[(F\d{3})", said))
+        assert holders == {s["00111001"]["Value"][0] for s in studies}, said
+        assert said.count("(0011,1003) CS [") == len(studies), said
         demo.send_signal(signal.SIGINT)
         assert demo.wait(30) == 0
     finally:
