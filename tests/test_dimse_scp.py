@@ -552,19 +552,19 @@ async def test_c_find_says_yes_for_a_study_recognised_today(city: City, tmp_path
     studies are all too old to count, so this is where a YES must come from): C-FIND answers
     it recognised, with the mark, the catalogue item and the last valid day, as QIDO-RS
     answers that facility's clinician."""
-    from tests.test_recognition_e2e import ASKER, CT_AT, _catalogue_for_today, _fresh_ct, _patient
-    from tests.test_stow_face import _bytes, _multipart
+    from tests.test_recognition_e2e import (
+        ASKER,
+        CT_AT,
+        _catalogue_for_today,
+        _patient,
+        store_fresh_ct,
+    )
 
     person = _patient(city)
     nid = str(person["national_id"])
     catalogue = _catalogue_for_today(tmp_path)
     async with open_gateway(city, recognition_catalogue_path=catalogue) as (client, settings):
-        ct = _fresh_ct(city, person["records"][CT_AT])
-        body, headers = _multipart(*(_bytes(ds) for ds in ct))
-        stored = await client.post(
-            f"/facilities/{CT_AT}/dicomweb/studies", data=body, headers=headers
-        )
-        assert stored.status == 200, await stored.text()
+        ct = await store_fresh_ct(client, city, person)
         resp = await client.get(
             "/dicomweb/studies",
             params={"PatientID": nid},

@@ -150,21 +150,28 @@ def _fresh_cbc(city: City, person: dict[str, Any]) -> tuple[bytes, str]:
     return message, taken[:10]
 
 
+async def store_fresh_ct(
+    client: Client, city: City, person: dict[str, Any]
+) -> list[pydicom.Dataset]:
+    """A chest CT acquired today for the person at CT_AT, stored there through the gateway."""
+    from tests.test_stow_face import _bytes, _multipart
+
+    ct = _fresh_ct(city, person["records"][CT_AT])
+    body, headers = _multipart(*(_bytes(ds) for ds in ct))
+    resp = await client.post(f"/facilities/{CT_AT}/dicomweb/studies", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return ct
+
+
 @pytest.fixture
 async def scene(city: City, tmp_path: Path) -> AsyncIterator[Scene]:
     from adapters.mllp import MllpConnection
     from seeds.hl7_sender import parse_ack
-    from tests.test_stow_face import _bytes, _multipart
 
     person = _patient(city)
     catalogue = _catalogue_for_today(tmp_path)
     async with open_gateway(city, recognition_catalogue_path=catalogue) as (client, settings):
-        ct = _fresh_ct(city, person["records"][CT_AT])
-        body, headers = _multipart(*(_bytes(ds) for ds in ct))
-        resp = await client.post(
-            f"/facilities/{CT_AT}/dicomweb/studies", data=body, headers=headers
-        )
-        assert resp.status == 200, await resp.text()
+        ct = await store_fresh_ct(client, city, person)
         message, cbc_day = _fresh_cbc(city, person)
         async with await MllpConnection.open("127.0.0.1", settings.mllp_port, timeout=10) as c:
             ack = parse_ack(await c.exchange(message, timeout=10))
